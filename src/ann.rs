@@ -1,0 +1,403 @@
+//! The HNSW graph over image vectors: build, search, save and load.
+//!
+//! Vectors are L2-normalised, so the distance is `1 - dot product`, which is
+//! the cosine distance; similarity is reported as `1 - distance`. The graph
+//! is a cache: [`crate::ann_cache`] rebuilds it from SQLite whenever the
+//! saved files are missing, stale or damaged.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use hnsw_rs::anndists::dist::Distance;
+use hnsw_rs::api::AnnT;
+use hnsw_rs::hnsw::Hnsw;
+use hnsw_rs::hnswio::HnswIo;
+use sha2::{Digest, Sha256};
+
+/// Default number of links per node and layer (HNSW's `M`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 24;
+/// Default candidate list size while building (HNSW's `ef_construction`).
+pub const DEFAULT_EF_CONSTRUCTION: usize = 200;
+/// Default candidate list size while searching (HNSW's `ef`); raised to
+/// `k` when fewer.
+pub const DEFAULT_EF_SEARCH: usize = 128;
+
+/// hnsw_rs caps the number of layers at 16.
+const MAX_LAYERS: usize = 16;
+
+/// Bytes read from each end of a saved file for its digest.
+const DIGEST_SAMPLE_BYTES: u64 = 1 << 20;
+
+/// Graph parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnParams {
+    pub max_connections: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+}
+
+impl Default for AnnParams {
+    fn default() -> Self {
+        AnnParams {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            ef_construction: DEFAULT_EF_CONSTRUCTION,
+            ef_search: DEFAULT_EF_SEARCH,
+        }
+    }
+}
+
+/// Cosine distance between unit vectors, `1 - a.b`, clamped to [0, 2] so
+/// that rounding on near-identical vectors never yields a negative distance.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnitCosine;
+
+impl Distance<f32> for UnitCosine {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - dot(a, b)).clamp(0.0, 2.0)
+    }
+}
+
+/// Dot product with eight independent partial sums, a shape the compiler
+/// turns into SIMD code.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "vectors differ in length");
+    let mut sums = [0.0f32; 8];
+    let chunks_a = a.chunks_exact(8);
+    let chunks_b = b.chunks_exact(8);
+    let tail: f32 = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for lane in 0..8 {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
+/// One search result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbour {
+    pub id: i64,
+    pub similarity: f32,
+}
+
+/// Sizes and digests of the two files of a saved graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedFiles {
+    pub graph_size: u64,
+    pub graph_digest: String,
+    pub data_size: u64,
+    pub data_digest: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnnError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: cannot save the HNSW graph: {message}", dir.display())]
+    Save { dir: PathBuf, message: String },
+    #[error("{}: saved HNSW file does not match the database ({reason})", path.display())]
+    Mismatch { path: PathBuf, reason: String },
+    #[error("{}: cannot load the HNSW graph: {message}", path.display())]
+    Load { path: PathBuf, message: String },
+}
+
+/// An HNSW graph of image ids.
+pub struct AnnIndex {
+    hnsw: Hnsw<'static, f32, UnitCosine>,
+}
+
+impl AnnIndex {
+    /// Builds a graph over `vectors` (id, unit vector), inserting in
+    /// parallel.
+    pub fn build(vectors: &[(i64, Vec<f32>)], params: &AnnParams) -> AnnIndex {
+        let hnsw = Hnsw::new(
+            params.max_connections,
+            vectors.len().max(1),
+            MAX_LAYERS,
+            params.ef_construction,
+            UnitCosine,
+        );
+        let points: Vec<(&[f32], usize)> = vectors
+            .iter()
+            .map(|(id, vector)| (vector.as_slice(), *id as usize))
+            .collect();
+        hnsw.parallel_insert_slice(&points);
+        let mut index = AnnIndex { hnsw };
+        index.hnsw.set_searching_mode(true);
+        index
+    }
+
+    /// Number of points in the graph.
+    pub fn len(&self) -> usize {
+        self.hnsw.get_nb_point()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Returns up to `k` nearest ids with their similarity, most similar
+    /// first.
+    pub fn search(&self, query: &[f32], k: usize, ef_search: usize) -> Vec<Neighbour> {
+        if self.is_empty() || k == 0 {
+            return Vec::new();
+        }
+        let mut found: Vec<Neighbour> = self
+            .hnsw
+            .search(query, k, ef_search.max(k))
+            .into_iter()
+            .map(|neighbour| Neighbour {
+                id: neighbour.d_id as i64,
+                similarity: 1.0 - neighbour.distance,
+            })
+            .collect();
+        found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.id.cmp(&b.id)));
+        found
+    }
+
+    /// Writes the graph as `<basename>.hnsw.graph` and `<basename>.hnsw.data`
+    /// in `dir`, atomically: each file is written under a temporary name,
+    /// synced, and renamed, so a crash never leaves a partial file under
+    /// the final name.
+    pub fn save(&self, dir: &Path, basename: &str) -> Result<SavedFiles, AnnError> {
+        let staging = dir.join(format!(".{basename}.staging"));
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| AnnError::Io { path, source }
+        };
+        std::fs::create_dir_all(&staging).map_err(io_error(&staging))?;
+        let result = self.save_via(&staging, dir, basename);
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    fn save_via(&self, staging: &Path, dir: &Path, basename: &str) -> Result<SavedFiles, AnnError> {
+        let dumped = self
+            .hnsw
+            .file_dump(staging, "graph")
+            .map_err(|error| AnnError::Save {
+                dir: dir.to_path_buf(),
+                message: error.to_string(),
+            })?;
+        let mut sizes_and_digests = Vec::with_capacity(2);
+        for suffix in ["hnsw.graph", "hnsw.data"] {
+            let from = staging.join(format!("{dumped}.{suffix}"));
+            let to = dir.join(format!("{basename}.{suffix}"));
+            let file = File::open(&from).map_err(|source| AnnError::Io {
+                path: from.clone(),
+                source,
+            })?;
+            file.sync_all().map_err(|source| AnnError::Io {
+                path: from.clone(),
+                source,
+            })?;
+            sizes_and_digests.push(sampled_digest(&from)?);
+            std::fs::rename(&from, &to).map_err(|source| AnnError::Io {
+                path: to.clone(),
+                source,
+            })?;
+        }
+        sync_dir(dir);
+        let (data_size, data_digest) = sizes_and_digests.pop().expect("two files");
+        let (graph_size, graph_digest) = sizes_and_digests.pop().expect("two files");
+        Ok(SavedFiles {
+            graph_size,
+            graph_digest,
+            data_size,
+            data_digest,
+        })
+    }
+
+    /// Loads the graph saved as `basename` in `dir` after checking that both
+    /// files have the sizes and digests in `expected`, so a truncated,
+    /// replaced or foreign file is never handed to the loader.
+    pub fn load(dir: &Path, basename: &str, expected: &SavedFiles) -> Result<AnnIndex, AnnError> {
+        check_saved(dir, basename, expected)?;
+        let graph = dir.join(format!("{basename}.hnsw.graph"));
+        // hnsw_rs's loaded graph borrows its loader; the loader is small and
+        // lives until the process ends, so it is leaked to give the graph a
+        // 'static lifetime.
+        // hnsw_rs asserts on malformed input instead of returning errors;
+        // the digest check above makes that unlikely, and a panic is turned
+        // into an error here as a last guard.
+        let (dir_owned, basename_owned) = (dir.to_path_buf(), basename.to_string());
+        let loaded = std::panic::catch_unwind(move || {
+            let loader: &'static mut HnswIo =
+                Box::leak(Box::new(HnswIo::new(&dir_owned, &basename_owned)));
+            loader.load_hnsw::<f32, UnitCosine>()
+        });
+        let load_error = |message: String| AnnError::Load {
+            path: graph.clone(),
+            message,
+        };
+        let mut hnsw = match loaded {
+            Ok(Ok(hnsw)) => hnsw,
+            Ok(Err(error)) => return Err(load_error(error.to_string())),
+            Err(_) => return Err(load_error("the loader panicked".to_string())),
+        };
+        hnsw.set_searching_mode(true);
+        Ok(AnnIndex { hnsw })
+    }
+}
+
+/// Checks that both files of the graph saved as `basename` in `dir` have
+/// the sizes and digests in `expected`.
+pub fn check_saved(dir: &Path, basename: &str, expected: &SavedFiles) -> Result<(), AnnError> {
+    let graph = dir.join(format!("{basename}.hnsw.graph"));
+    let data = dir.join(format!("{basename}.hnsw.data"));
+    check_file(&graph, expected.graph_size, &expected.graph_digest)?;
+    check_file(&data, expected.data_size, &expected.data_digest)
+}
+
+fn check_file(path: &Path, size: u64, digest: &str) -> Result<(), AnnError> {
+    let mismatch = |reason: String| AnnError::Mismatch {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (found_size, found_digest) = match sampled_digest(path) {
+        Ok(found) => found,
+        Err(AnnError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(mismatch("file is missing".to_string()))
+        }
+        Err(error) => return Err(error),
+    };
+    if found_size != size {
+        return Err(mismatch(format!("{found_size} bytes, expected {size}")));
+    }
+    if found_digest != digest {
+        return Err(mismatch("content digest differs".to_string()));
+    }
+    Ok(())
+}
+
+/// Returns the file's size and a SHA-256 over its size and its first and
+/// last MiB. Reading whole files would cost seconds on large indexes at
+/// every query; the sizes catch truncation and the samples catch files from
+/// another build.
+// NOTE: damage confined to the middle of a file larger than 2 MiB is not
+// detected by this digest.
+pub fn sampled_digest(path: &Path) -> Result<(u64, String), AnnError> {
+    let io_error = |source| AnnError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io_error)?;
+    let size = file.metadata().map_err(io_error)?.len();
+    let mut hasher = Sha256::new();
+    hasher.update(size.to_le_bytes());
+    let mut buffer = vec![0u8; DIGEST_SAMPLE_BYTES.min(size) as usize];
+    file.read_exact(&mut buffer).map_err(io_error)?;
+    hasher.update(&buffer);
+    if size > DIGEST_SAMPLE_BYTES {
+        let tail_start = size
+            .saturating_sub(DIGEST_SAMPLE_BYTES)
+            .max(DIGEST_SAMPLE_BYTES);
+        file.seek(SeekFrom::Start(tail_start)).map_err(io_error)?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(io_error)?;
+        hasher.update(&tail);
+    }
+    let digest = hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    Ok((size, digest))
+}
+
+/// Syncs a folder so that renames inside it survive a power loss; failures
+/// are ignored because some file systems do not support it.
+fn sync_dir(dir: &Path) {
+    if let Ok(handle) = File::open(dir) {
+        let _ = handle.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(values: &[f32]) -> Vec<f32> {
+        crate::model::l2_normalized(values.to_vec())
+    }
+
+    fn sample_vectors() -> Vec<(i64, Vec<f32>)> {
+        (1..=200)
+            .map(|id| {
+                let angle = id as f32 * 0.05;
+                (id, unit(&[angle.cos(), angle.sin(), 0.1 * (id % 7) as f32]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dot_matches_naive_sum() {
+        let a: Vec<f32> = (0..1283).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..1283).map(|i| (i as f32 * 0.11).cos()).collect();
+        let naive: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+        assert!((f64::from(dot(&a, &b)) - naive).abs() < 1e-3);
+    }
+
+    #[test]
+    fn distance_is_never_negative() {
+        let v = unit(&[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]);
+        assert_eq!(UnitCosine.eval(&v, &v), 0.0_f32.max(1.0 - dot(&v, &v)));
+        assert!(UnitCosine.eval(&v, &v) >= 0.0);
+    }
+
+    #[test]
+    fn search_finds_exact_match_first() {
+        let vectors = sample_vectors();
+        let index = AnnIndex::build(&vectors, &AnnParams::default());
+        assert_eq!(index.len(), 200);
+        let found = index.search(&vectors[41].1, 3, 64);
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[0].id, 42);
+        assert!((found[0].similarity - 1.0).abs() < 1e-5);
+        assert!(found[1].similarity <= found[0].similarity);
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = sample_vectors();
+        let index = AnnIndex::build(&vectors, &AnnParams::default());
+        let saved = index.save(dir.path(), "test.ann-1").unwrap();
+        let loaded = AnnIndex::load(dir.path(), "test.ann-1", &saved).unwrap();
+        assert_eq!(loaded.len(), 200);
+        assert_eq!(loaded.search(&vectors[9].1, 1, 64)[0].id, 10);
+        assert!(!dir.path().join(".test.ann-1.staging").exists());
+    }
+
+    #[test]
+    fn truncated_file_is_rejected_before_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = AnnIndex::build(&sample_vectors(), &AnnParams::default());
+        let saved = index.save(dir.path(), "t").unwrap();
+        let data = dir.path().join("t.hnsw.data");
+        let file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+        file.set_len(saved.data_size / 2).unwrap();
+        let error = AnnIndex::load(dir.path(), "t", &saved).err().unwrap();
+        assert!(matches!(error, AnnError::Mismatch { .. }), "{error}");
+    }
+
+    #[test]
+    fn missing_file_is_reported_as_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = AnnIndex::build(&sample_vectors(), &AnnParams::default());
+        let saved = index.save(dir.path(), "m").unwrap();
+        std::fs::remove_file(dir.path().join("m.hnsw.graph")).unwrap();
+        let error = AnnIndex::load(dir.path(), "m", &saved).err().unwrap();
+        assert!(error.to_string().contains("file is missing"), "{error}");
+    }
+}

@@ -1,0 +1,147 @@
+//! Command-line options, parsed by clap and then resolved into checked
+//! settings before any work starts.
+
+use std::path::PathBuf;
+
+use clap::builder::TypedValueParser;
+use clap::{Args, Parser, Subcommand};
+
+use crate::ann::{DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_MAX_CONNECTIONS};
+use crate::decode::DEFAULT_MAX_PIXELS;
+use crate::pipeline::DEFAULT_BATCH_SIZE;
+
+/// Find visually similar photos in local folders.
+#[derive(Debug, Parser)]
+#[command(name = "imgsim", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Database file [default: imgsim.db in the per-user data directory,
+    /// e.g. ~/.local/share/imgsim/imgsim.db]
+    #[arg(long, global = true, env = "IMGSIM_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// ONNX model file to use instead of the built-in MobileNetV2; it must
+    /// take [N,3,224,224] RGB in [-1,1] and output [N,D]
+    #[arg(long, global = true, env = "IMGSIM_MODEL", value_name = "FILE")]
+    pub model: Option<PathBuf>,
+
+    /// Threads for inference and decoding [default: number of CPU cores]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    /// Log more: -v for progress notes, -vv for debugging
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print no progress bar and no warnings, only errors and results
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Index the images in folders (recursively) or files, skipping files
+    /// whose size and modification time are unchanged since the last run
+    Index(IndexArgs),
+    /// Print the indexed images most similar to an image file
+    Query(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Folders to walk, or image files
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Images per inference batch and per database transaction
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=4096).map(|n| n as usize))]
+    pub batch_size: usize,
+
+    /// Reject images with more pixels (width x height) than this, before
+    /// decoding them
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "PIXELS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: u64,
+
+    #[command(flatten)]
+    pub hnsw: HnswBuildArgs,
+
+    /// Print the summary as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct HnswBuildArgs {
+    /// HNSW links per node and layer (M); more gives better recall, a
+    /// larger index and slower builds
+    #[arg(long = "hnsw-m", default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "M",
+          value_parser = clap::value_parser!(u16).range(2..=256).map(|n| n as usize))]
+    pub max_connections: usize,
+
+    /// HNSW candidate list size while building (ef_construction)
+    #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10000).map(|n| n as usize))]
+    pub ef_construction: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Image file to search for; it need not be indexed
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+
+    /// Number of results
+    #[arg(short, default_value_t = 10, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10000).map(|n| n as usize))]
+    pub k: usize,
+
+    /// HNSW candidate list size while searching (ef_search); raised to -k
+    /// when smaller
+    #[arg(long, default_value_t = DEFAULT_EF_SEARCH, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100000).map(|n| n as usize))]
+    pub ef_search: usize,
+
+    /// Reject images with more pixels (width x height) than this
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "PIXELS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: u64,
+
+    #[command(flatten)]
+    pub hnsw: HnswBuildArgs,
+
+    /// Print results as JSON (see README for the shape)
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl GlobalArgs {
+    /// The database path: --db, then IMGSIM_DB, then the per-user default.
+    pub fn database_path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.db {
+            return Ok(path.clone());
+        }
+        let data = dirs::data_dir().ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot find the per-user data directory (is HOME set?); pass --db PATH"
+            )
+        })?;
+        Ok(data.join("imgsim").join("imgsim.db"))
+    }
+
+    /// Threads to use: --threads, or the number of available cores.
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            Some(threads) => usize::from(threads),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! One function per subcommand; each returns the exit status.
+
+mod index;
+mod progress;
+mod query;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::exit::Status;
+use crate::model::{Embedder, ModelSource};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<Status> {
+    match &cli.command {
+        Command::Index(args) => index::run(&cli.global, args),
+        Command::Query(args) => query::run(&cli.global, args),
+    }
+}
+
+fn load_embedder(global: &GlobalArgs) -> anyhow::Result<Embedder> {
+    let source = match &global.model {
+        Some(path) => ModelSource::File(path.clone()),
+        None => ModelSource::Default,
+    };
+    Ok(Embedder::load(&source, global.thread_count())?)
+}
+
+/// Sizes the global rayon pool used for decoding; called once, before any
+/// parallel work.
+fn configure_threads(global: &GlobalArgs) {
+    let threads = global.thread_count();
+    if let Err(error) = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+    {
+        tracing::debug!("rayon thread pool already configured: {error}");
+    }
+}

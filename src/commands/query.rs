@@ -1,0 +1,119 @@
+//! `imgsim query`: the indexed images most similar to one image file.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::ann::AnnParams;
+use crate::ann_cache;
+use crate::cli::{GlobalArgs, QueryArgs};
+use crate::decode::{decode_file, DecodeOptions};
+use crate::exit::Status;
+use crate::paths::{display_path, non_utf8_hex};
+use crate::preprocess::{fill_tensor, TENSOR_LEN};
+use crate::store::{ImageRecord, OpenMode, Store};
+
+/// One ranked result.
+#[derive(Debug, Serialize)]
+pub struct QueryResult {
+    pub rank: usize,
+    pub similarity: f32,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub file_size: u64,
+    pub format: String,
+    #[serde(skip)]
+    pub raw_path: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct QueryOutput<'a> {
+    query: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_hex: Option<String>,
+    model: &'a str,
+    results: &'a [QueryResult],
+}
+
+pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
+    let database = global.database_path()?;
+    super::configure_threads(global);
+    let mut store = Store::open(&database, OpenMode::MustExist)?;
+    let mut embedder = super::load_embedder(global)?;
+    store.check_model(embedder.identity())?;
+
+    let options = DecodeOptions {
+        max_pixels: args.max_pixels,
+    };
+    let decoded = decode_file(&args.image, &options)?;
+    if let (Some(warning), false) = (&decoded.orientation_warning, global.quiet) {
+        eprintln!("warning: {}: {warning}", display_path(&args.image));
+    }
+    let mut tensor = vec![0.0; TENSOR_LEN];
+    fill_tensor(&decoded.pixels, &mut tensor)
+        .with_context(|| format!("{}: cannot preprocess", display_path(&args.image)))?;
+    let vector = embedder
+        .embed(&tensor, 1)?
+        .pop()
+        .context("the model returned no vector")?;
+
+    let params = AnnParams {
+        max_connections: args.hnsw.max_connections,
+        ef_construction: args.hnsw.ef_construction,
+        ef_search: args.ef_search,
+    };
+    let (index, _) =
+        ann_cache::load_or_rebuild(&mut store, embedder.identity().dimension, &params)?;
+    let neighbours = index.search(&vector, args.k, params.ef_search);
+    let ids: Vec<i64> = neighbours.iter().map(|n| n.id).collect();
+    let records = store.images_by_ids(&ids)?;
+    let results: Vec<QueryResult> = neighbours
+        .iter()
+        .filter_map(|n| records.get(&n.id).map(|record| (n.similarity, record)))
+        .enumerate()
+        .map(|(position, (similarity, record))| to_result(position + 1, similarity, record))
+        .collect();
+
+    if args.json {
+        let output = QueryOutput {
+            query: args.image.to_string_lossy().into_owned(),
+            query_hex: non_utf8_hex(&args.image),
+            model: &embedder.identity().name,
+            results: &results,
+        };
+        println!("{}", serde_json::to_string_pretty(&output)?);
+    } else if results.is_empty() {
+        eprintln!(
+            "no indexed images in {}; run `imgsim index DIR` first",
+            database.display()
+        );
+    } else {
+        for result in &results {
+            println!(
+                "{:>3}  {:.4}  {}",
+                result.rank,
+                result.similarity,
+                display_path(&result.raw_path)
+            );
+        }
+    }
+    Ok(Status::Success)
+}
+
+fn to_result(rank: usize, similarity: f32, record: &ImageRecord) -> QueryResult {
+    QueryResult {
+        rank,
+        similarity,
+        path: record.path.to_string_lossy().into_owned(),
+        path_hex: non_utf8_hex(&record.path),
+        width: record.width,
+        height: record.height,
+        file_size: record.file_size,
+        format: record.format.clone(),
+        raw_path: record.path.clone(),
+    }
+}

@@ -1,0 +1,249 @@
+//! The index run: scan, skip unchanged files, decode and preprocess in
+//! parallel, embed in batches, and commit each batch to SQLite.
+//!
+//! Decoding runs on the rayon thread pool, one batch ahead of inference,
+//! through a channel of two batches, so memory stays proportional to the
+//! batch size, not to the collection. Each batch is committed in its own
+//! transaction: a crash or Ctrl-C loses at most the batch in flight.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::decode::{decode_file, DecodeOptions};
+use crate::model::{Embedder, ModelError};
+use crate::paths::path_to_bytes;
+use crate::preprocess::{fill_tensor, TENSOR_LEN};
+use crate::scan::{scan_roots, Candidate};
+use crate::store::{NewImage, Store, StoreError};
+
+/// Default number of images per inference batch and per transaction.
+pub const DEFAULT_BATCH_SIZE: usize = 16;
+
+/// Batches decoded ahead of inference.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Settings of one index run.
+#[derive(Debug, Clone)]
+pub struct IndexSettings {
+    pub batch_size: usize,
+    pub decode: DecodeOptions,
+}
+
+/// The step at which a file failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Scan,
+    Decode,
+    Preprocess,
+}
+
+/// A file that could not be indexed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub path: PathBuf,
+    pub stage: Stage,
+    pub reason: String,
+}
+
+/// Counts of one index run.
+#[derive(Debug, Clone, Default)]
+pub struct IndexReport {
+    /// Candidate files found by the scan.
+    pub scanned: usize,
+    /// Files decoded, embedded and committed in this run.
+    pub indexed: usize,
+    /// Files skipped because their size and modification time match the
+    /// database.
+    pub unchanged: usize,
+    pub failures: Vec<Failure>,
+    /// Set when the run stopped early on request.
+    pub interrupted: bool,
+    pub seconds: f64,
+}
+
+/// Receives progress of an index run, for progress bars and logs.
+pub trait IndexObserver: Sync {
+    /// Called once, with the number of files that need decoding.
+    fn start(&self, to_process: usize);
+    /// Called after each committed batch with the number of files it
+    /// finished, including failed ones.
+    fn advance(&self, files: usize);
+    fn failed(&self, failure: &Failure);
+    fn warning(&self, path: &std::path::Path, message: &str);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// A file decoded and preprocessed, ready for inference.
+struct Prepared {
+    candidate: Candidate,
+    width: u32,
+    height: u32,
+    format: String,
+    tensor: Vec<f32>,
+}
+
+/// Indexes every image under `roots` into `store`, stopping after the
+/// current batch once `cancel` is set.
+///
+/// # Errors
+/// Unreadable files are not errors: they are counted in
+/// [`IndexReport::failures`]. Errors are failures of the database or the
+/// model, after which the run cannot go on; batches committed before them
+/// stay committed.
+pub fn index_roots(
+    store: &mut Store,
+    embedder: &mut Embedder,
+    roots: &[PathBuf],
+    settings: &IndexSettings,
+    observer: &dyn IndexObserver,
+    cancel: &AtomicBool,
+) -> Result<IndexReport, PipelineError> {
+    let started = Instant::now();
+    let mut report = IndexReport::default();
+    let scan = scan_roots(roots);
+    for failure in scan.failures {
+        let failure = Failure {
+            path: failure.path,
+            stage: Stage::Scan,
+            reason: failure.reason,
+        };
+        observer.failed(&failure);
+        report.failures.push(failure);
+    }
+    report.scanned = scan.candidates.len();
+    let known = store.file_states()?;
+    let to_process: Vec<Candidate> = scan
+        .candidates
+        .into_iter()
+        .filter(|candidate| known.get(&path_to_bytes(&candidate.path)) != Some(&candidate.state))
+        .collect();
+    report.unchanged = report.scanned - to_process.len();
+    observer.start(to_process.len());
+
+    let batch_size = settings.batch_size.max(1);
+    let result = std::thread::scope(|scope| {
+        let (sender, receiver) = sync_channel::<Vec<Result<Prepared, Failure>>>(BATCHES_IN_FLIGHT);
+        scope.spawn(move || {
+            for chunk in to_process.chunks(batch_size) {
+                if cancel.load(Ordering::SeqCst) {
+                    break;
+                }
+                let prepared = prepare_batch(chunk, &settings.decode, observer);
+                if sender.send(prepared).is_err() {
+                    break;
+                }
+            }
+        });
+        for batch in receiver {
+            let finished = batch.len();
+            commit_batch(store, embedder, batch, &mut report, observer)?;
+            observer.advance(finished);
+            if cancel.load(Ordering::SeqCst) {
+                report.interrupted = true;
+                break;
+            }
+        }
+        Ok::<(), PipelineError>(())
+    });
+    result?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn prepare_batch(
+    chunk: &[Candidate],
+    options: &DecodeOptions,
+    observer: &dyn IndexObserver,
+) -> Vec<Result<Prepared, Failure>> {
+    chunk
+        .par_iter()
+        .map(|candidate| prepare_one(candidate, options, observer))
+        .collect()
+}
+
+fn prepare_one(
+    candidate: &Candidate,
+    options: &DecodeOptions,
+    observer: &dyn IndexObserver,
+) -> Result<Prepared, Failure> {
+    let decoded = decode_file(&candidate.path, options).map_err(|error| Failure {
+        path: candidate.path.clone(),
+        stage: Stage::Decode,
+        reason: error.reason(),
+    })?;
+    if let Some(warning) = &decoded.orientation_warning {
+        observer.warning(&candidate.path, warning);
+    }
+    let mut tensor = vec![0.0; TENSOR_LEN];
+    fill_tensor(&decoded.pixels, &mut tensor).map_err(|error| Failure {
+        path: candidate.path.clone(),
+        stage: Stage::Preprocess,
+        reason: error.to_string(),
+    })?;
+    Ok(Prepared {
+        candidate: candidate.clone(),
+        width: decoded.pixels.width(),
+        height: decoded.pixels.height(),
+        format: decoded.format,
+        tensor,
+    })
+}
+
+/// Embeds the prepared files of one batch and commits them in one
+/// transaction. Failed files are reported and left out; each vector stays
+/// paired with the file it came from because rows and files are collected
+/// together.
+fn commit_batch(
+    store: &mut Store,
+    embedder: &mut Embedder,
+    batch: Vec<Result<Prepared, Failure>>,
+    report: &mut IndexReport,
+    observer: &dyn IndexObserver,
+) -> Result<(), PipelineError> {
+    let mut prepared = Vec::with_capacity(batch.len());
+    for item in batch {
+        match item {
+            Ok(item) => prepared.push(item),
+            Err(failure) => {
+                observer.failed(&failure);
+                report.failures.push(failure);
+            }
+        }
+    }
+    if prepared.is_empty() {
+        return Ok(());
+    }
+    let mut tensors = Vec::with_capacity(prepared.len() * TENSOR_LEN);
+    for item in &prepared {
+        tensors.extend_from_slice(&item.tensor);
+    }
+    let vectors = embedder.embed(&tensors, prepared.len())?;
+    let images: Vec<NewImage> = prepared
+        .into_iter()
+        .zip(vectors)
+        .map(|(item, vector)| NewImage {
+            path: item.candidate.path,
+            state: item.candidate.state,
+            width: item.width,
+            height: item.height,
+            format: item.format,
+            vector,
+        })
+        .collect();
+    store.insert_images(&images)?;
+    report.indexed += images.len();
+    Ok(())
+}
