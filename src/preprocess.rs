@@ -3,9 +3,10 @@
 //!
 //! The whole picture is stretched to 224x224 without keeping its aspect
 //! ratio, as Keras' `load_img(target_size=...)` does, so nothing is cropped
-//! away. The resize uses a Catmull-Rom (bicubic) convolution whose support
-//! grows with the scale factor, so downscaling is antialiased the way
-//! Pillow's `Image.resize` is.
+//! away. The resize is a bilinear (triangle) convolution whose support
+//! grows with the scale factor, so downscaling is antialiased; it matches
+//! Pillow's `Image.resize(..., Image.BILINEAR)`, which retrieves better than
+//! bicubic or Lanczos with the default model on the thumbnail-to-photo test.
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -20,7 +21,7 @@ pub const TENSOR_LEN: usize = 3 * (INPUT_SIDE as usize) * (INPUT_SIDE as usize);
 /// The preprocessing, as recorded in the database with the model identity;
 /// changing any step here must change this text.
 pub const PREPROCESSING_DESCRIPTION: &str =
-    "rgb8 exif-oriented, alpha over white, stretch to 224x224 catmull-rom, (p-127.5)/127.5, nchw";
+    "rgb8 exif-oriented, alpha over white, stretch to 224x224 bilinear, (p-127.5)/127.5, nchw";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot resize a {width}x{height} image: {message}")]
@@ -58,7 +59,7 @@ fn resize_to_input(pixels: &RgbImage) -> Result<Image<'static>, PreprocessError>
         message,
     };
     let mut resized = Image::new(INPUT_SIDE, INPUT_SIDE, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     Resizer::new()
         .resize(pixels, &mut resized, &options)
         .map_err(|e| error(e.to_string()))?;
