@@ -127,14 +127,21 @@ impl AnnIndex {
             params.ef_construction,
             UnitCosine,
         );
+        let mut index = AnnIndex { hnsw };
+        index.insert(vectors);
+        index
+    }
+
+    /// Adds `vectors` (id, unit vector) to the graph, in parallel. Ids must
+    /// not be in the graph already.
+    pub fn insert(&mut self, vectors: &[(i64, Vec<f32>)]) {
+        self.hnsw.set_searching_mode(false);
         let points: Vec<(&[f32], usize)> = vectors
             .iter()
             .map(|(id, vector)| (vector.as_slice(), *id as usize))
             .collect();
-        hnsw.parallel_insert_slice(&points);
-        let mut index = AnnIndex { hnsw };
-        index.hnsw.set_searching_mode(true);
-        index
+        self.hnsw.parallel_insert_slice(&points);
+        self.hnsw.set_searching_mode(true);
     }
 
     /// Number of points in the graph.
@@ -147,14 +154,22 @@ impl AnnIndex {
     }
 
     /// Returns up to `k` nearest ids with their similarity, most similar
-    /// first.
-    pub fn search(&self, query: &[f32], k: usize, ef_search: usize) -> Vec<Neighbour> {
+    /// first, leaving out ids for which `keep` returns false (tombstones of
+    /// deleted images).
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef_search: usize,
+        keep: &dyn Fn(i64) -> bool,
+    ) -> Vec<Neighbour> {
         if self.is_empty() || k == 0 {
             return Vec::new();
         }
+        let filter = |id: &usize| keep(*id as i64);
         let mut found: Vec<Neighbour> = self
             .hnsw
-            .search(query, k, ef_search.max(k))
+            .search_filter(query, k, ef_search.max(k), Some(&filter))
             .into_iter()
             .map(|neighbour| Neighbour {
                 id: neighbour.d_id as i64,
@@ -360,7 +375,7 @@ mod tests {
         let vectors = sample_vectors();
         let index = AnnIndex::build(&vectors, &AnnParams::default());
         assert_eq!(index.len(), 200);
-        let found = index.search(&vectors[41].1, 3, 64);
+        let found = index.search(&vectors[41].1, 3, 64, &|_| true);
         assert_eq!(found.len(), 3);
         assert_eq!(found[0].id, 42);
         assert!((found[0].similarity - 1.0).abs() < 1e-5);
@@ -375,8 +390,31 @@ mod tests {
         let saved = index.save(dir.path(), "test.ann-1").unwrap();
         let loaded = AnnIndex::load(dir.path(), "test.ann-1", &saved).unwrap();
         assert_eq!(loaded.len(), 200);
-        assert_eq!(loaded.search(&vectors[9].1, 1, 64)[0].id, 10);
+        assert_eq!(loaded.search(&vectors[9].1, 1, 64, &|_| true)[0].id, 10);
         assert!(!dir.path().join(".test.ann-1.staging").exists());
+    }
+
+    #[test]
+    fn tombstones_are_filtered_out() {
+        let vectors = sample_vectors();
+        let index = AnnIndex::build(&vectors, &AnnParams::default());
+        let found = index.search(&vectors[41].1, 3, 64, &|id| id != 42);
+        assert_eq!(found.len(), 3);
+        assert!(found.iter().all(|n| n.id != 42), "{found:?}");
+    }
+
+    #[test]
+    fn loaded_graph_accepts_new_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = sample_vectors();
+        let index = AnnIndex::build(&vectors[..150], &AnnParams::default());
+        let saved = index.save(dir.path(), "grow").unwrap();
+        let mut loaded = AnnIndex::load(dir.path(), "grow", &saved).unwrap();
+        loaded.insert(&vectors[150..]);
+        assert_eq!(loaded.len(), 200);
+        for (id, vector) in &vectors[150..] {
+            assert_eq!(loaded.search(vector, 1, 64, &|_| true)[0].id, *id);
+        }
     }
 
     #[test]

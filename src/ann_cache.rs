@@ -1,14 +1,23 @@
 //! Keeping the saved HNSW files in step with SQLite.
 //!
-//! The database records which files hold the graph and which generation of
-//! the images table they were built from. A reader that finds them missing,
-//! stale, truncated or foreign rebuilds the graph from SQLite with one log
-//! line, and saves it for the next reader when it can.
+//! The database records which files hold the graph, the generation of the
+//! images table they match, and the largest image id they cover. Image ids
+//! are never reused, so bringing a saved graph up to date means inserting
+//! the rows with larger ids; rows deleted since stay in the graph as
+//! tombstones that searches skip. When tombstones pass
+//! [`MAX_TOMBSTONE_SHARE`] of the graph, or the saved files are missing,
+//! truncated, foreign or built with other parameters, the graph is rebuilt
+//! from SQLite with one log line, and saved for the next reader when it can.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::ann::{AnnError, AnnIndex, AnnParams, SavedFiles};
-use crate::store::{AnnRecord, AnnSwap, Store, StoreError};
+use crate::store::{AnnRecord, AnnSwap, Store, StoreError, VectorSnapshot};
+
+/// Share of graph points whose images were deleted above which the graph is
+/// rebuilt instead of updated; tombstones cost search time and memory.
+pub const MAX_TOMBSTONE_SHARE: f64 = 0.25;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnnCacheError {
@@ -18,70 +27,103 @@ pub enum AnnCacheError {
     Ann(#[from] AnnError),
 }
 
-/// Whether the saved files already matched, or why the graph was rebuilt.
+/// How the graph was obtained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freshness {
+    /// The saved files matched the database.
     Current,
+    /// The saved graph was loaded and the newer images inserted.
+    Updated { inserted: usize },
+    /// The graph was built from all vectors in the database.
     Rebuilt { reason: String },
 }
 
-/// Returns the graph for the current images, loading the saved files when
-/// they match and rebuilding (and saving) otherwise.
-pub fn load_or_rebuild(
+/// A graph that covers every image in the database, with the ids of the
+/// images that still exist.
+pub struct LiveIndex {
+    pub index: AnnIndex,
+    pub live_ids: HashSet<i64>,
+    pub freshness: Freshness,
+}
+
+impl LiveIndex {
+    /// Whether `id` is an image that still exists, not a tombstone.
+    pub fn is_live(&self, id: i64) -> bool {
+        self.live_ids.contains(&id)
+    }
+}
+
+/// Returns the graph for the current images: the saved graph, brought up
+/// to date when newer images exist, or a new one built from SQLite. A
+/// graph that changed is saved for the next reader when possible.
+pub fn load_current(
     store: &mut Store,
     dimension: usize,
     params: &AnnParams,
-) -> Result<(AnnIndex, Freshness), AnnCacheError> {
+) -> Result<LiveIndex, AnnCacheError> {
     let dir = folder_of(store.path());
-    let problem = match usable_record(store, params)? {
-        Ok(record) => match AnnIndex::load(&dir, &record.basename, &saved_files(&record)) {
-            Ok(index) => return Ok((index, Freshness::Current)),
-            Err(error) => error.to_string(),
-        },
-        Err(reason) => reason,
+    let record = match usable_record(store, params)? {
+        Ok(record) => record,
+        Err(reason) => return rebuild(store, dimension, params, reason),
     };
-    let index = rebuild_and_save(store, dimension, params, &problem)?;
-    Ok((index, Freshness::Rebuilt { reason: problem }))
+    let mut index = match AnnIndex::load(&dir, &record.basename, &saved_files(&record)) {
+        Ok(index) => index,
+        Err(error) => return rebuild(store, dimension, params, error.to_string()),
+    };
+    let snapshot = store.vector_snapshot(record.max_image_id, dimension)?;
+    if snapshot.generation == record.generation {
+        return Ok(LiveIndex {
+            index,
+            live_ids: snapshot.live_ids,
+            freshness: Freshness::Current,
+        });
+    }
+    let point_count = record.point_count as usize + snapshot.vectors.len();
+    let tombstones = point_count.saturating_sub(snapshot.live_ids.len());
+    if tombstones as f64 > MAX_TOMBSTONE_SHARE * point_count as f64 {
+        let reason = format!("{tombstones} of {point_count} graph points are deleted images");
+        return rebuild(store, dimension, params, reason);
+    }
+    index.insert(&snapshot.vectors);
+    let inserted = snapshot.vectors.len();
+    tracing::debug!("inserted {inserted} new images into the saved HNSW index");
+    let max_image_id = max_id(&snapshot).max(record.max_image_id);
+    save_or_warn(store, &index, &snapshot, max_image_id, params);
+    Ok(LiveIndex {
+        index,
+        live_ids: snapshot.live_ids,
+        freshness: Freshness::Updated { inserted },
+    })
 }
 
-/// Makes sure the saved files match the current images, rebuilding them
-/// only when they do not; used after an index run, where the graph itself
-/// is not needed.
+/// Brings the saved files up to date with the database without loading
+/// the graph when they already match; used after an index run.
 pub fn refresh(
     store: &mut Store,
     dimension: usize,
     params: &AnnParams,
 ) -> Result<Freshness, AnnCacheError> {
-    let dir = folder_of(store.path());
-    let problem = match usable_record(store, params)? {
-        Ok(record) => {
-            match crate::ann::check_saved(&dir, &record.basename, &saved_files(&record)) {
-                Ok(()) => return Ok(Freshness::Current),
-                Err(error) => error.to_string(),
-            }
+    if let Ok(record) = usable_record(store, params)? {
+        let dir = folder_of(store.path());
+        let current = record.generation == store.data_generation()?;
+        if current && crate::ann::check_saved(&dir, &record.basename, &saved_files(&record)).is_ok()
+        {
+            return Ok(Freshness::Current);
         }
-        Err(reason) => reason,
-    };
-    rebuild_and_save(store, dimension, params, &problem)?;
-    Ok(Freshness::Rebuilt { reason: problem })
+    }
+    Ok(load_current(store, dimension, params)?.freshness)
 }
 
-/// Returns the recorded files when they were built from the current
-/// generation with the same parameters, or the reason they cannot be used.
+/// Returns the recorded files when they were built with the same
+/// parameters and still have the recorded sizes and digests, or the reason
+/// they cannot be used.
 fn usable_record(
     store: &Store,
     params: &AnnParams,
 ) -> Result<Result<AnnRecord, String>, StoreError> {
-    let generation = store.data_generation()?;
     let Some(record) = store.ann_record()? else {
         return Ok(Err("no saved HNSW index yet".to_string()));
     };
-    if record.generation != generation {
-        return Ok(Err(format!(
-            "saved HNSW index is from generation {}, the images are at {generation}",
-            record.generation
-        )));
-    }
     if record.max_connections != params.max_connections
         || record.ef_construction != params.ef_construction
     {
@@ -97,31 +139,61 @@ fn usable_record(
     Ok(Ok(record))
 }
 
-fn rebuild_and_save(
+fn rebuild(
     store: &mut Store,
     dimension: usize,
     params: &AnnParams,
-    reason: &str,
-) -> Result<AnnIndex, AnnCacheError> {
+    reason: String,
+) -> Result<LiveIndex, AnnCacheError> {
     let started = std::time::Instant::now();
-    let (generation, vectors) = store.all_vectors(dimension)?;
-    let index = AnnIndex::build(&vectors, params);
-    tracing::info!(
+    let mut snapshot = store.vector_snapshot(0, dimension)?;
+    let index = AnnIndex::build(&snapshot.vectors, params);
+    let message = format!(
         "rebuilt HNSW index over {} images in {:.1} s ({reason})",
-        vectors.len(),
+        snapshot.vectors.len(),
         started.elapsed().as_secs_f64()
     );
-    drop(vectors);
-    if let Err(error) = save(store, &index, generation, params) {
-        tracing::warn!("the rebuilt HNSW index was not saved, the next query rebuilds it: {error}");
+    if store.ann_record()?.is_some() {
+        tracing::warn!("{message}");
+    } else {
+        tracing::info!("{message}");
     }
-    Ok(index)
+    let max_image_id = max_id(&snapshot);
+    save_or_warn(store, &index, &snapshot, max_image_id, params);
+    snapshot.vectors = Vec::new();
+    Ok(LiveIndex {
+        index,
+        live_ids: snapshot.live_ids,
+        freshness: Freshness::Rebuilt { reason },
+    })
+}
+
+fn max_id(snapshot: &VectorSnapshot) -> i64 {
+    snapshot
+        .vectors
+        .iter()
+        .map(|(id, _)| *id)
+        .max()
+        .unwrap_or(0)
+}
+
+fn save_or_warn(
+    store: &mut Store,
+    index: &AnnIndex,
+    snapshot: &VectorSnapshot,
+    max_image_id: i64,
+    params: &AnnParams,
+) {
+    if let Err(error) = save(store, index, snapshot.generation, max_image_id, params) {
+        tracing::warn!("the HNSW index was not saved, the next command rebuilds it: {error}");
+    }
 }
 
 fn save(
     store: &mut Store,
     index: &AnnIndex,
     generation: i64,
+    max_image_id: i64,
     params: &AnnParams,
 ) -> Result<(), AnnCacheError> {
     let dir = folder_of(store.path());
@@ -141,6 +213,7 @@ fn save(
         data_size: saved.data_size,
         data_digest: saved.data_digest,
         point_count: index.len() as u64,
+        max_image_id,
         max_connections: params.max_connections,
         ef_construction: params.ef_construction,
     };
@@ -165,12 +238,6 @@ fn saved_files(record: &AnnRecord) -> SavedFiles {
         data_size: record.data_size,
         data_digest: record.data_digest.clone(),
     }
-}
-
-/// Paths of the two files of the graph saved under `basename`.
-pub fn saved_paths(database: &Path, basename: &str) -> [PathBuf; 2] {
-    let dir = folder_of(database);
-    ["hnsw.graph", "hnsw.data"].map(|suffix| dir.join(format!("{basename}.{suffix}")))
 }
 
 fn remove_saved(dir: &Path, basename: &str) {

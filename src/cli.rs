@@ -75,6 +75,26 @@ pub struct IndexArgs {
     #[command(flatten)]
     pub hnsw: HnswBuildArgs,
 
+    /// Report what would be added, changed, moved, copied and removed, and
+    /// change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Follow symbolic links to files and folders (loops are detected and
+    /// reported)
+    #[arg(long)]
+    pub follow_links: bool,
+
+    /// Write each file that could not be indexed to FILE as a JSON line
+    /// (path, stage, reason)
+    #[arg(long, value_name = "FILE")]
+    pub failures: Option<PathBuf>,
+
+    /// Wait for another index run on the same database to finish instead
+    /// of exiting with status 4
+    #[arg(long)]
+    pub wait: bool,
+
     /// Print the summary as one JSON object on stdout
     #[arg(long)]
     pub json: bool,

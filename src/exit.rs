@@ -13,6 +13,8 @@ pub enum Status {
     Usage,
     /// The command finished, but some files could not be read: status 3.
     SomeFilesFailed,
+    /// Another `index` run holds the database: status 4.
+    Busy,
     /// Stopped by Ctrl-C (SIGINT) after committing the current batch:
     /// status 130.
     Interrupted,
@@ -25,6 +27,7 @@ impl Status {
             Status::Error => 1,
             Status::Usage => 2,
             Status::SomeFilesFailed => 3,
+            Status::Busy => 4,
             Status::Interrupted => 130,
         }
     }

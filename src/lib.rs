@@ -14,6 +14,7 @@ pub mod exit;
 pub mod model;
 pub mod paths;
 pub mod pipeline;
+pub mod plan;
 pub mod preprocess;
 pub mod scan;
 pub mod store;

@@ -56,6 +56,24 @@ pub fn non_utf8_hex(path: &Path) -> Option<String> {
     Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
+/// A path in JSON output: `path` always, as UTF-8 with U+FFFD for invalid
+/// bytes, and `path_hex` with the exact bytes when they are not UTF-8.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JsonPath {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+}
+
+impl JsonPath {
+    pub fn new(path: &Path) -> JsonPath {
+        JsonPath {
+            path: path.to_string_lossy().into_owned(),
+            path_hex: non_utf8_hex(path),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! The index run: scan, skip unchanged files, decode and preprocess in
-//! parallel, embed in batches, and commit each batch to SQLite.
+//! The index run: scan, plan (see [`crate::plan`]), apply the changes that
+//! need no decoding, then decode and preprocess in parallel, embed in
+//! batches, and commit each batch to SQLite.
 //!
 //! Decoding runs on the rayon thread pool, one batch ahead of inference,
 //! through a channel of two batches, so memory stays proportional to the
@@ -7,7 +8,7 @@
 //! transaction: a crash or Ctrl-C loses at most the batch in flight.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
@@ -16,9 +17,9 @@ use serde::Serialize;
 
 use crate::decode::{decode_file, DecodeOptions};
 use crate::model::{Embedder, ModelError};
-use crate::paths::path_to_bytes;
+use crate::plan::{plan_run, Plan, ToEmbed};
 use crate::preprocess::{fill_tensor, TENSOR_LEN};
-use crate::scan::{scan_roots, Candidate};
+use crate::scan::{scan_roots, ScanOptions};
 use crate::store::{NewImage, Store, StoreError};
 
 /// Default number of images per inference batch and per transaction.
@@ -32,6 +33,9 @@ const BATCHES_IN_FLIGHT: usize = 2;
 pub struct IndexSettings {
     pub batch_size: usize,
     pub decode: DecodeOptions,
+    pub scan: ScanOptions,
+    /// Plan only: report what would change, write nothing.
+    pub dry_run: bool,
 }
 
 /// The step at which a file failed.
@@ -39,6 +43,7 @@ pub struct IndexSettings {
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Scan,
+    Read,
     Decode,
     Preprocess,
 }
@@ -51,16 +56,17 @@ pub struct Failure {
     pub reason: String,
 }
 
-/// Counts of one index run.
-#[derive(Debug, Clone, Default)]
+/// Outcome of one index run.
+#[derive(Debug, Default)]
 pub struct IndexReport {
     /// Candidate files found by the scan.
     pub scanned: usize,
+    /// What the run decided to do; in a dry run, what it would do.
+    pub plan: Plan,
+    /// Files decoded (successfully or not) in this run.
+    pub decoded: usize,
     /// Files decoded, embedded and committed in this run.
     pub indexed: usize,
-    /// Files skipped because their size and modification time match the
-    /// database.
-    pub unchanged: usize,
     pub failures: Vec<Failure>,
     /// Set when the run stopped early on request.
     pub interrupted: bool,
@@ -88,10 +94,11 @@ pub enum PipelineError {
 
 /// A file decoded and preprocessed, ready for inference.
 struct Prepared {
-    candidate: Candidate,
+    item: ToEmbed,
     width: u32,
     height: u32,
     format: String,
+    animated: bool,
     tensor: Vec<f32>,
 }
 
@@ -113,34 +120,94 @@ pub fn index_roots(
 ) -> Result<IndexReport, PipelineError> {
     let started = Instant::now();
     let mut report = IndexReport::default();
-    let scan = scan_roots(roots);
-    for failure in scan.failures {
-        let failure = Failure {
-            path: failure.path,
-            stage: Stage::Scan,
-            reason: failure.reason,
-        };
-        observer.failed(&failure);
-        report.failures.push(failure);
+    let scan = scan_roots(roots, &settings.scan);
+    for failure in &scan.failures {
+        record_failure(
+            &mut report,
+            observer,
+            &failure.path,
+            Stage::Scan,
+            &failure.reason,
+        );
     }
     report.scanned = scan.candidates.len();
-    let known = store.file_states()?;
-    let to_process: Vec<Candidate> = scan
-        .candidates
-        .into_iter()
-        .filter(|candidate| known.get(&path_to_bytes(&candidate.path)) != Some(&candidate.state))
-        .collect();
-    report.unchanged = report.scanned - to_process.len();
-    observer.start(to_process.len());
+    let stored = store.stored_files()?;
+    let mut plan = plan_run(&scan, &stored);
+    drop(stored);
+    for failure in std::mem::take(&mut plan.read_failures) {
+        record_failure(
+            &mut report,
+            observer,
+            &failure.path,
+            Stage::Read,
+            &failure.reason,
+        );
+    }
+    for root in &plan.empty_roots {
+        let message = "no images found; its indexed files are kept in case the drive is \
+                       unmounted (delete them by indexing a folder inside it, or a new database)";
+        observer.warning(root, message);
+    }
+    if settings.dry_run {
+        report.plan = plan;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    store.apply_changes(&plan.changes)?;
+    let to_embed = std::mem::take(&mut plan.to_embed);
+    report.plan = plan;
+    observer.start(to_embed.len());
+    embed_all(
+        store,
+        embedder,
+        to_embed,
+        settings,
+        observer,
+        cancel,
+        &mut report,
+    )?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
 
+fn record_failure(
+    report: &mut IndexReport,
+    observer: &dyn IndexObserver,
+    path: &std::path::Path,
+    stage: Stage,
+    reason: &str,
+) {
+    let failure = Failure {
+        path: path.to_path_buf(),
+        stage,
+        reason: reason.to_string(),
+    };
+    observer.failed(&failure);
+    report.failures.push(failure);
+}
+
+/// Decodes one batch ahead on the rayon pool while the current batch runs
+/// through the model and is committed.
+fn embed_all(
+    store: &mut Store,
+    embedder: &mut Embedder,
+    to_embed: Vec<ToEmbed>,
+    settings: &IndexSettings,
+    observer: &dyn IndexObserver,
+    cancel: &AtomicBool,
+    report: &mut IndexReport,
+) -> Result<(), PipelineError> {
     let batch_size = settings.batch_size.max(1);
+    let decoded = AtomicUsize::new(0);
     let result = std::thread::scope(|scope| {
         let (sender, receiver) = sync_channel::<Vec<Result<Prepared, Failure>>>(BATCHES_IN_FLIGHT);
+        let decoded = &decoded;
         scope.spawn(move || {
-            for chunk in to_process.chunks(batch_size) {
+            for chunk in to_embed.chunks(batch_size) {
                 if cancel.load(Ordering::SeqCst) {
                     break;
                 }
+                decoded.fetch_add(chunk.len(), Ordering::Relaxed);
                 let prepared = prepare_batch(chunk, &settings.decode, observer);
                 if sender.send(prepared).is_err() {
                     break;
@@ -149,7 +216,7 @@ pub fn index_roots(
         });
         for batch in receiver {
             let finished = batch.len();
-            commit_batch(store, embedder, batch, &mut report, observer)?;
+            commit_batch(store, embedder, batch, report, observer)?;
             observer.advance(finished);
             if cancel.load(Ordering::SeqCst) {
                 report.interrupted = true;
@@ -158,27 +225,27 @@ pub fn index_roots(
         }
         Ok::<(), PipelineError>(())
     });
-    result?;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    report.decoded = decoded.load(Ordering::Relaxed);
+    result
 }
 
 fn prepare_batch(
-    chunk: &[Candidate],
+    chunk: &[ToEmbed],
     options: &DecodeOptions,
     observer: &dyn IndexObserver,
 ) -> Vec<Result<Prepared, Failure>> {
     chunk
         .par_iter()
-        .map(|candidate| prepare_one(candidate, options, observer))
+        .map(|item| prepare_one(item, options, observer))
         .collect()
 }
 
 fn prepare_one(
-    candidate: &Candidate,
+    item: &ToEmbed,
     options: &DecodeOptions,
     observer: &dyn IndexObserver,
 ) -> Result<Prepared, Failure> {
+    let candidate = &item.candidate;
     let decoded = decode_file(&candidate.path, options).map_err(|error| Failure {
         path: candidate.path.clone(),
         stage: Stage::Decode,
@@ -194,10 +261,11 @@ fn prepare_one(
         reason: error.to_string(),
     })?;
     Ok(Prepared {
-        candidate: candidate.clone(),
+        item: item.clone(),
         width: decoded.pixels.width(),
         height: decoded.pixels.height(),
         format: decoded.format,
+        animated: decoded.animated,
         tensor,
     })
 }
@@ -234,12 +302,14 @@ fn commit_batch(
     let images: Vec<NewImage> = prepared
         .into_iter()
         .zip(vectors)
-        .map(|(item, vector)| NewImage {
-            path: item.candidate.path,
-            state: item.candidate.state,
-            width: item.width,
-            height: item.height,
-            format: item.format,
+        .map(|(prepared, vector)| NewImage {
+            path: prepared.item.candidate.path,
+            state: prepared.item.candidate.state,
+            fingerprint: Some(prepared.item.fingerprint),
+            width: prepared.width,
+            height: prepared.height,
+            format: prepared.format,
+            animated: prepared.animated,
             vector,
         })
         .collect();

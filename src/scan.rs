@@ -3,9 +3,12 @@
 //! A root that is a file is always a candidate, whatever its name. Inside a
 //! folder, files are candidates when their extension is one of the image
 //! extensions below (case-insensitive); the content is sniffed later, so a
-//! PNG named `.jpg` is still decoded correctly. Symbolic links are not
-//! followed, so a link loop cannot make the walk run forever. Entries are
-//! visited in file-name order, so runs are reproducible.
+//! PNG named `.jpg` is still decoded correctly. Only regular files are
+//! candidates: FIFOs, sockets and devices are skipped without being opened.
+//! Symbolic links are not followed unless asked; when they are, a link that
+//! leads back to one of its own parent folders is reported as a loop and
+//! not entered. Entries are visited in file-name order, so runs are
+//! reproducible.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -35,25 +38,47 @@ pub struct ScanFailure {
     pub reason: String,
 }
 
+/// A folder root that was walked, with the number of candidates found in
+/// it.
+#[derive(Debug, Clone)]
+pub struct WalkedRoot {
+    pub path: PathBuf,
+    pub candidates: usize,
+}
+
 /// Result of walking all roots.
 #[derive(Debug, Default)]
 pub struct ScanResult {
     pub candidates: Vec<Candidate>,
     pub failures: Vec<ScanFailure>,
+    /// Folder roots that were walked; files given as roots are not listed.
+    pub walked_roots: Vec<WalkedRoot>,
+}
+
+/// How to walk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanOptions {
+    /// Follow symbolic links to files and folders, with loop detection.
+    pub follow_links: bool,
 }
 
 /// Walks `roots` and returns the candidate files, without duplicates, and
 /// every path that could not be read.
-pub fn scan_roots(roots: &[PathBuf]) -> ScanResult {
+pub fn scan_roots(roots: &[PathBuf], options: &ScanOptions) -> ScanResult {
     let mut result = ScanResult::default();
     let mut seen = HashSet::new();
     for root in roots {
-        scan_root(root, &mut result, &mut seen);
+        scan_root(root, options, &mut result, &mut seen);
     }
     result
 }
 
-fn scan_root(root: &Path, result: &mut ScanResult, seen: &mut HashSet<PathBuf>) {
+fn scan_root(
+    root: &Path,
+    options: &ScanOptions,
+    result: &mut ScanResult,
+    seen: &mut HashSet<PathBuf>,
+) {
     let absolute = match std::path::absolute(root) {
         Ok(path) => path,
         Err(error) => {
@@ -78,18 +103,23 @@ fn scan_root(root: &Path, result: &mut ScanResult, seen: &mut HashSet<PathBuf>) 
             .push(failure(root, "not a regular file or folder"));
         return;
     }
+    let before = result.candidates.len();
     let walker = WalkDir::new(&absolute)
-        .follow_links(false)
+        .follow_links(options.follow_links)
         .sort_by_file_name();
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,
             Err(error) => {
                 let path = error.path().unwrap_or(&absolute).to_path_buf();
-                let reason = error
-                    .io_error()
-                    .map(io_reason)
-                    .unwrap_or_else(|| error.to_string());
+                let reason = match (error.loop_ancestor(), error.io_error()) {
+                    (Some(ancestor), _) => format!(
+                        "symbolic link loop back to {}, not followed",
+                        ancestor.display()
+                    ),
+                    (None, Some(io)) => io_reason(io),
+                    (None, None) => error.to_string(),
+                };
                 result.failures.push(ScanFailure { path, reason });
                 continue;
             }
@@ -105,6 +135,10 @@ fn scan_root(root: &Path, result: &mut ScanResult, seen: &mut HashSet<PathBuf>) 
             }),
         }
     }
+    result.walked_roots.push(WalkedRoot {
+        path: absolute,
+        candidates: result.candidates.len() - before,
+    });
 }
 
 fn push_candidate(
@@ -185,7 +219,7 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, b"x").unwrap();
         }
-        let result = scan_roots(&[dir.path().to_path_buf()]);
+        let result = scan_roots(&[dir.path().to_path_buf()], &ScanOptions::default());
         let names: Vec<_> = result
             .candidates
             .iter()
@@ -203,15 +237,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("photo.data");
         std::fs::write(&file, b"12345").unwrap();
-        let result = scan_roots(&[file.clone(), file.clone()]);
+        let result = scan_roots(&[file.clone(), file.clone()], &ScanOptions::default());
         assert_eq!(result.candidates.len(), 1);
         assert_eq!(result.candidates[0].path, file);
         assert_eq!(result.candidates[0].state.file_size, 5);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn symlink_loop_is_reported_when_following() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(inner.join("a.png"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path(), inner.join("back")).unwrap();
+
+        let plain = scan_roots(&[dir.path().to_path_buf()], &ScanOptions::default());
+        assert_eq!(plain.candidates.len(), 1);
+        assert!(plain.failures.is_empty());
+
+        let following = ScanOptions { follow_links: true };
+        let followed = scan_roots(&[dir.path().to_path_buf()], &following);
+        assert_eq!(followed.candidates.len(), 1);
+        assert_eq!(followed.failures.len(), 1);
+        assert!(
+            followed.failures[0].reason.contains("loop"),
+            "{:?}",
+            followed.failures
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifo_is_not_a_candidate() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.jpg");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let result = scan_roots(&[dir.path().to_path_buf()], &ScanOptions::default());
+        assert!(result.candidates.is_empty());
+        let direct = scan_roots(&[fifo], &ScanOptions::default());
+        assert!(direct.candidates.is_empty());
+        assert_eq!(direct.failures[0].reason, "not a regular file or folder");
+    }
+
     #[test]
     fn missing_root_is_reported() {
-        let result = scan_roots(&[PathBuf::from("/nonexistent/imgsim/root")]);
+        let result = scan_roots(
+            &[PathBuf::from("/nonexistent/imgsim/root")],
+            &ScanOptions::default(),
+        );
         assert!(result.candidates.is_empty());
         assert_eq!(result.failures.len(), 1);
         assert_eq!(result.failures[0].reason, "not found");

@@ -1,8 +1,11 @@
-//! `imgsim index`: index folders into the database and refresh the HNSW
-//! files.
+//! `imgsim index`: bring the database up to date with folders, then the
+//! HNSW files with the database.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -13,16 +16,29 @@ use crate::ann_cache::{self, Freshness};
 use crate::cli::{GlobalArgs, IndexArgs};
 use crate::decode::DecodeOptions;
 use crate::exit::Status;
-use crate::paths::{display_path, non_utf8_hex};
-use crate::pipeline::{index_roots, IndexReport, IndexSettings, Stage};
-use crate::store::{OpenMode, Store};
+use crate::paths::{display_path, JsonPath};
+use crate::pipeline::{index_roots, Failure, IndexObserver, IndexReport, IndexSettings, Stage};
+use crate::scan::ScanOptions;
+use crate::store::{lock_database, LockError, OpenMode, Store};
 
 pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     let database = global.database_path()?;
+    let _lock = match lock_database(&database, args.wait) {
+        Ok(lock) => lock,
+        Err(error @ LockError::Busy { .. }) => {
+            eprintln!("error: {error}");
+            return Ok(Status::Busy);
+        }
+        Err(error) => return Err(error.into()),
+    };
     super::configure_threads(global);
     let mut embedder = super::load_embedder(global)?;
     let mut store = Store::open(&database, OpenMode::CreateIfMissing)?;
-    store.bind_model(embedder.identity())?;
+    if args.dry_run {
+        store.check_model(embedder.identity())?;
+    } else {
+        store.bind_model(embedder.identity())?;
+    }
 
     let cancel = install_interrupt_handler()?;
     let settings = IndexSettings {
@@ -30,20 +46,35 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
         decode: DecodeOptions {
             max_pixels: args.max_pixels,
         },
+        scan: ScanOptions {
+            follow_links: args.follow_links,
+        },
+        dry_run: args.dry_run,
+    };
+    let failure_log = match &args.failures {
+        Some(path) => Some(FailureLog::create(path)?),
+        None => None,
     };
     let progress = TerminalProgress::new(global.quiet);
+    let observer = Observer {
+        progress: &progress,
+        failure_log: failure_log.as_ref(),
+    };
     let report = index_roots(
         &mut store,
         &mut embedder,
         &args.paths,
         &settings,
-        &progress,
+        &observer,
         &cancel,
     );
     progress.finish();
     let report = report.with_context(|| format!("indexing into {} failed", database.display()))?;
+    if let Some(log) = &failure_log {
+        log.finish()?;
+    }
 
-    if !report.interrupted {
+    if !report.interrupted && !args.dry_run {
         let params = AnnParams {
             max_connections: args.hnsw.max_connections,
             ef_construction: args.hnsw.ef_construction,
@@ -55,7 +86,7 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
         }
     }
     let total = store.image_count()?;
-    print_summary(&report, total, args.json)?;
+    print_summary(&report, total, args)?;
     Ok(exit_status(&report))
 }
 
@@ -85,39 +116,179 @@ fn install_interrupt_handler() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(cancel)
 }
 
+/// Forwards progress to the terminal and failures to the `--failures` file.
+struct Observer<'a> {
+    progress: &'a TerminalProgress,
+    failure_log: Option<&'a FailureLog>,
+}
+
+impl IndexObserver for Observer<'_> {
+    fn start(&self, to_process: usize) {
+        self.progress.start(to_process);
+    }
+
+    fn advance(&self, files: usize) {
+        self.progress.advance(files);
+    }
+
+    fn failed(&self, failure: &Failure) {
+        self.progress.failed(failure);
+        if let Some(log) = self.failure_log {
+            log.write(failure);
+        }
+    }
+
+    fn warning(&self, path: &Path, message: &str) {
+        self.progress.warning(path, message);
+    }
+}
+
+/// The `--failures` file: one JSON object per line, written and flushed as
+/// each failure happens, so it is complete up to the last failure even if
+/// the run is killed.
+struct FailureLog {
+    writer: Mutex<BufWriter<File>>,
+    path: std::path::PathBuf,
+    error: Mutex<Option<std::io::Error>>,
+}
+
+#[derive(Serialize)]
+struct FailureLine<'a> {
+    #[serde(flatten)]
+    path: JsonPath,
+    stage: Stage,
+    reason: &'a str,
+}
+
+impl FailureLog {
+    fn create(path: &Path) -> anyhow::Result<FailureLog> {
+        let file = File::create(path)
+            .with_context(|| format!("{}: cannot create the failures file", path.display()))?;
+        Ok(FailureLog {
+            writer: Mutex::new(BufWriter::new(file)),
+            path: path.to_path_buf(),
+            error: Mutex::new(None),
+        })
+    }
+
+    fn write(&self, failure: &Failure) {
+        let line = FailureLine {
+            path: JsonPath::new(&failure.path),
+            stage: failure.stage,
+            reason: &failure.reason,
+        };
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let result = serde_json::to_writer(&mut *writer, &line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writer.write_all(b"\n"))
+            .and_then(|()| writer.flush());
+        if let Err(error) = result {
+            self.error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(error);
+        }
+    }
+
+    /// Reports the first write error, if any.
+    fn finish(&self) -> anyhow::Result<()> {
+        match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(error) => Err(error).with_context(|| {
+                format!("{}: cannot write the failures file", self.path.display())
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct JsonSummary<'a> {
+    dry_run: bool,
     scanned: usize,
     indexed: usize,
+    added: usize,
+    changed: usize,
+    moved: usize,
+    copied: usize,
+    refreshed: usize,
+    removed: usize,
     unchanged: usize,
+    decoded: usize,
     failed: usize,
     interrupted: bool,
     seconds: f64,
     images_per_second: f64,
     total_in_database: u64,
-    failures: Vec<JsonFailure<'a>>,
+    failures: Vec<FailureLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    planned: Option<JsonPlan>,
+}
+
+/// The paths behind each count of a dry run.
+#[derive(Serialize)]
+struct JsonPlan {
+    added: Vec<JsonPath>,
+    changed: Vec<JsonPath>,
+    moved: Vec<JsonMove>,
+    copied: Vec<JsonMove>,
+    refreshed: Vec<JsonPath>,
+    removed: Vec<JsonPath>,
 }
 
 #[derive(Serialize)]
-struct JsonFailure<'a> {
-    path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path_hex: Option<String>,
-    stage: Stage,
-    reason: &'a str,
+struct JsonMove {
+    from: JsonPath,
+    to: JsonPath,
 }
 
-fn print_summary(report: &IndexReport, total: u64, json: bool) -> anyhow::Result<()> {
+fn json_plan(report: &IndexReport) -> JsonPlan {
+    let plan = &report.plan;
+    let embed_paths = |replaces: bool| {
+        plan.to_embed
+            .iter()
+            .filter(|item| item.replaces == replaces)
+            .map(|item| JsonPath::new(&item.candidate.path))
+            .collect()
+    };
+    let pairs = |pairs: &[(std::path::PathBuf, std::path::PathBuf)]| {
+        pairs
+            .iter()
+            .map(|(from, to)| JsonMove {
+                from: JsonPath::new(from),
+                to: JsonPath::new(to),
+            })
+            .collect()
+    };
+    JsonPlan {
+        added: embed_paths(false),
+        changed: embed_paths(true),
+        moved: pairs(&plan.moved),
+        copied: pairs(&plan.copied),
+        refreshed: plan.refreshed.iter().map(|p| JsonPath::new(p)).collect(),
+        removed: plan.removed.iter().map(|p| JsonPath::new(p)).collect(),
+    }
+}
+
+fn print_summary(report: &IndexReport, total: u64, args: &IndexArgs) -> anyhow::Result<()> {
+    let plan = &report.plan;
     let images_per_second = if report.seconds > 0.0 {
         report.indexed as f64 / report.seconds
     } else {
         0.0
     };
-    if json {
+    if args.json {
         let summary = JsonSummary {
+            dry_run: args.dry_run,
             scanned: report.scanned,
             indexed: report.indexed,
-            unchanged: report.unchanged,
+            added: plan.added(),
+            changed: plan.changed(),
+            moved: plan.moved.len(),
+            copied: plan.copied.len(),
+            refreshed: plan.refreshed.len(),
+            removed: plan.removed.len(),
+            unchanged: plan.unchanged,
+            decoded: report.decoded,
             failed: report.failures.len(),
             interrupted: report.interrupted,
             seconds: round3(report.seconds),
@@ -126,15 +297,19 @@ fn print_summary(report: &IndexReport, total: u64, json: bool) -> anyhow::Result
             failures: report
                 .failures
                 .iter()
-                .map(|failure| JsonFailure {
-                    path: failure.path.to_string_lossy().into_owned(),
-                    path_hex: non_utf8_hex(&failure.path),
+                .map(|failure| FailureLine {
+                    path: JsonPath::new(&failure.path),
                     stage: failure.stage,
                     reason: &failure.reason,
                 })
                 .collect(),
+            planned: args.dry_run.then(|| json_plan(report)),
         };
         println!("{}", serde_json::to_string(&summary)?);
+        return Ok(());
+    }
+    if args.dry_run {
+        print_dry_run(report);
         return Ok(());
     }
     if !report.failures.is_empty() {
@@ -144,16 +319,56 @@ fn print_summary(report: &IndexReport, total: u64, json: bool) -> anyhow::Result
         }
     }
     println!(
-        "indexed {}, unchanged {}, failed {}{} in {:.1} s ({:.1} images/s); {} images in the database",
+        "indexed {} (added {}, changed {}), moved {}, copied {}, removed {}, unchanged {}, \
+         failed {}{} in {:.1} s ({:.1} images/s); {} images in the database",
         report.indexed,
-        report.unchanged,
+        plan.added(),
+        plan.changed(),
+        plan.moved.len(),
+        plan.copied.len(),
+        plan.removed.len(),
+        plan.unchanged + plan.refreshed.len(),
         report.failures.len(),
-        if report.interrupted { ", interrupted" } else { "" },
+        if report.interrupted {
+            ", interrupted"
+        } else {
+            ""
+        },
         report.seconds,
         images_per_second,
         total
     );
     Ok(())
+}
+
+fn print_dry_run(report: &IndexReport) {
+    let plan = &report.plan;
+    for item in &plan.to_embed {
+        let verb = if item.replaces { "change" } else { "add" };
+        println!("{verb} {}", display_path(&item.candidate.path));
+    }
+    for (from, to) in &plan.moved {
+        println!("move {} -> {}", display_path(from), display_path(to));
+    }
+    for (from, to) in &plan.copied {
+        println!("copy {} -> {}", display_path(from), display_path(to));
+    }
+    for path in &plan.removed {
+        println!("remove {}", display_path(path));
+    }
+    for failure in &report.failures {
+        eprintln!("{}: {}", display_path(&failure.path), failure.reason);
+    }
+    println!(
+        "dry run: would add {}, change {}, move {}, copy {}, remove {}; unchanged {}, failed {}",
+        plan.added(),
+        plan.changed(),
+        plan.moved.len(),
+        plan.copied.len(),
+        plan.removed.len(),
+        plan.unchanged + plan.refreshed.len(),
+        report.failures.len()
+    );
 }
 
 fn round3(value: f64) -> f64 {

@@ -66,9 +66,10 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
         ef_construction: args.hnsw.ef_construction,
         ef_search: args.ef_search,
     };
-    let (index, _) =
-        ann_cache::load_or_rebuild(&mut store, embedder.identity().dimension, &params)?;
-    let neighbours = index.search(&vector, args.k, params.ef_search);
+    let live = ann_cache::load_current(&mut store, embedder.identity().dimension, &params)?;
+    let neighbours = live
+        .index
+        .search(&vector, args.k, params.ef_search, &|id| live.is_live(id));
     let ids: Vec<i64> = neighbours.iter().map(|n| n.id).collect();
     let records = store.images_by_ids(&ids)?;
     let results: Vec<QueryResult> = neighbours

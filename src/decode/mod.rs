@@ -1,20 +1,34 @@
 //! File bytes to oriented 8-bit RGB pixels.
 //!
 //! The format is sniffed from the content, so a PNG named `.jpg` decodes as
-//! a PNG. The EXIF orientation (all eight values) is applied. Grey, palette,
-//! 16-bit, CMYK and alpha images become 8-bit RGB; alpha is composited over
-//! white. GIF and other animated formats give their first frame.
+//! a PNG. The EXIF orientation (all eight values) is applied; malformed EXIF
+//! data or an invalid orientation value gives a warning and the picture as
+//! stored. Grey, palette, 16-bit, CMYK and alpha images become 8-bit RGB;
+//! alpha is composited over white. Animated GIF, PNG and WebP files give
+//! their first frame and are flagged as animated.
 
-use std::fs::File;
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use image::codecs::gif::GifDecoder;
+use image::codecs::png::PngDecoder;
+use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use image::{
+    AnimationDecoder, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage,
+};
 
 /// Default cap on decoded pixels (width x height), checked from the header
 /// before the pixel buffer is allocated.
 pub const DEFAULT_MAX_PIXELS: u64 = 200_000_000;
+
+/// Compressed bytes allowed per pixel of the cap: a file larger than
+/// `max_pixels` times this is rejected before it is read, because no
+/// supported format needs that much (16-bit RGBA is 8 bytes per pixel).
+const MAX_FILE_BYTES_PER_PIXEL: u64 = 8;
+
+/// Files up to this size are always read, whatever the pixel cap.
+const MIN_FILE_BYTES_LIMIT: u64 = 64 << 20;
 
 /// Decoding limits.
 #[derive(Debug, Clone, Copy)]
@@ -38,8 +52,10 @@ pub struct DecodedImage {
     pub pixels: RgbImage,
     /// Format name sniffed from the content, lowercase (`jpeg`, `png`, ...).
     pub format: String,
-    /// Set when the EXIF data could not be read; the picture is then used
-    /// as stored, without rotation.
+    /// More than one frame; the first was decoded.
+    pub animated: bool,
+    /// Set when the EXIF data is malformed or its orientation invalid; the
+    /// picture is then used as stored, without rotation.
     pub orientation_warning: Option<String>,
 }
 
@@ -64,6 +80,15 @@ pub enum DecodeError {
         pixels: u64,
         max_pixels: u64,
     },
+    #[error(
+        "{}: file is {size} bytes, over the limit of {limit} bytes for the pixel cap (--max-pixels)",
+        path.display()
+    )]
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("{}: cannot decode: {source}", path.display())]
     Image {
         path: PathBuf,
@@ -79,6 +104,7 @@ impl DecodeError {
             DecodeError::Io { path, .. }
             | DecodeError::UnknownFormat { path }
             | DecodeError::TooLarge { path, .. }
+            | DecodeError::FileTooLarge { path, .. }
             | DecodeError::Image { path, .. } => path,
         }
     }
@@ -100,16 +126,42 @@ pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<DecodedImage,
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io_error)?;
-    let reader = ImageReader::new(BufReader::new(file))
+    let size = std::fs::metadata(path).map_err(io_error)?.len();
+    let limit = options
+        .max_pixels
+        .saturating_mul(MAX_FILE_BYTES_PER_PIXEL)
+        .max(MIN_FILE_BYTES_LIMIT);
+    if size > limit {
+        return Err(DecodeError::FileTooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io_error)?;
+    decode_bytes(path, &bytes, options)
+}
+
+/// Decodes an image held in memory; `path` is only used in messages.
+pub fn decode_bytes(
+    path: &Path,
+    bytes: &[u8],
+    options: &DecodeOptions,
+) -> Result<DecodedImage, DecodeError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(io_error)?;
+        .map_err(|source| DecodeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let Some(format) = reader.format() else {
         return Err(DecodeError::UnknownFormat {
             path: path.to_path_buf(),
         });
     };
-    decode_reader(path, reader, format, options)
+    let mut decoded = decode_reader(path, reader, format, options)?;
+    decoded.animated = is_animated(format, bytes);
+    Ok(decoded)
 }
 
 fn decode_reader<R: std::io::BufRead + std::io::Seek>(
@@ -137,22 +189,65 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
     let mut limits = Limits::default();
     limits.max_alloc = Some(options.max_pixels.saturating_mul(16).max(64 << 20));
     decoder.set_limits(limits).map_err(image_error)?;
-    let (orientation, orientation_warning) = match decoder.orientation() {
-        Ok(orientation) => (orientation, None),
-        Err(error) => (
-            Orientation::NoTransforms,
-            Some(format!(
-                "cannot read EXIF orientation, using the image as stored: {error}"
-            )),
-        ),
-    };
+    let (orientation, orientation_warning) = read_orientation(&mut decoder);
     let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
     image.apply_orientation(orientation);
     Ok(DecodedImage {
         pixels: to_rgb8(image),
         format: format_name(format),
+        animated: false,
         orientation_warning,
     })
+}
+
+/// Returns the orientation to apply, and a warning when EXIF data is
+/// present but unusable.
+fn read_orientation<D: ImageDecoder>(decoder: &mut D) -> (Orientation, Option<String>) {
+    let exif = match decoder.exif_metadata() {
+        Ok(exif) => exif,
+        Err(error) => {
+            let warning = format!("cannot read EXIF data, orientation ignored: {error}");
+            return (Orientation::NoTransforms, Some(warning));
+        }
+    };
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    if orientation != Orientation::NoTransforms {
+        return (orientation, None);
+    }
+    let warning = exif.and_then(|chunk| exif_problem(&chunk));
+    (orientation, warning)
+}
+
+/// Describes what is wrong with an EXIF block that yielded no orientation:
+/// malformed data or an orientation value outside 1 to 8. `None` when the
+/// block is fine and simply has no orientation, or orientation 1.
+fn exif_problem(chunk: &[u8]) -> Option<String> {
+    let exif = match exif::Reader::new().read_raw(chunk.to_vec()) {
+        Ok(exif) => exif,
+        Err(error) => return Some(format!("malformed EXIF data, orientation ignored: {error}")),
+    };
+    let field = exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY)?;
+    match field.value.get_uint(0) {
+        Some(1..=8) => None,
+        Some(value) => Some(format!("invalid EXIF orientation {value}, ignored")),
+        None => Some("EXIF orientation is not a number, ignored".to_string()),
+    }
+}
+
+/// Whether a GIF, PNG or WebP file has more than one frame.
+fn is_animated(format: ImageFormat, bytes: &[u8]) -> bool {
+    match format {
+        ImageFormat::Gif => GifDecoder::new(Cursor::new(bytes))
+            .map(|decoder| decoder.into_frames().take(2).count() > 1)
+            .unwrap_or(false),
+        ImageFormat::Png => PngDecoder::new(Cursor::new(bytes))
+            .and_then(|decoder| decoder.is_apng())
+            .unwrap_or(false),
+        ImageFormat::WebP => WebPDecoder::new(Cursor::new(bytes))
+            .map(|decoder| decoder.has_animation())
+            .unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// Converts any colour type to 8-bit RGB, compositing alpha over white.

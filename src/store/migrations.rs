@@ -6,10 +6,16 @@ use rusqlite::Connection;
 
 /// Every migration, in the order it must be applied; the schema version of
 /// a database is the number of entries applied.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial.sql",
-    include_str!("../../migrations/0001_initial.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial.sql",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_stable_ids_fingerprints.sql",
+        include_str!("../../migrations/0002_stable_ids_fingerprints.sql"),
+    ),
+];
 
 #[derive(Debug)]
 pub enum MigrationError {

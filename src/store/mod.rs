@@ -5,6 +5,7 @@
 //! so when [`Store::insert_images`] returns, its rows are durable as a unit
 //! and a crash at any point leaves either all of them or none.
 
+mod lock;
 mod migrations;
 mod vector;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+pub use lock::{lock_database, lock_path, IndexLock, LockError};
 pub use migrations::{apply_migrations, MIGRATIONS};
 pub use vector::{vector_from_bytes, vector_to_bytes};
 
@@ -90,15 +92,64 @@ pub struct FileState {
     pub modified_ns: i64,
 }
 
+/// BLAKE3 hash of a file's whole content.
+pub type Fingerprint = [u8; 32];
+
 /// One embedded image, ready to be written.
 #[derive(Debug, Clone)]
 pub struct NewImage {
     pub path: PathBuf,
     pub state: FileState,
+    pub fingerprint: Option<Fingerprint>,
     pub width: u32,
     pub height: u32,
     pub format: String,
+    pub animated: bool,
     pub vector: Vec<f32>,
+}
+
+/// What the database holds about one indexed file, for deciding whether it
+/// needs work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    pub id: i64,
+    pub state: FileState,
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// A change to existing rows that needs no decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The file of row `id` now lives at `path`: its vector is kept. A row
+    /// already at `path` is replaced.
+    Move {
+        id: i64,
+        path: PathBuf,
+        state: FileState,
+    },
+    /// `path` holds the same bytes as row `source_id`: a new row reuses that
+    /// row's vector and metadata. A row already at `path` is replaced.
+    Copy {
+        source_id: i64,
+        path: PathBuf,
+        state: FileState,
+        fingerprint: Fingerprint,
+    },
+    /// Row `id` has a new size or modification time but the same content.
+    Refresh { id: i64, state: FileState },
+    /// The file of row `id` is gone.
+    Delete { id: i64 },
+}
+
+/// The rows a graph update needs, read in one transaction.
+#[derive(Debug, Default)]
+pub struct VectorSnapshot {
+    /// The data generation the snapshot belongs to.
+    pub generation: i64,
+    /// Every image id in the database.
+    pub live_ids: std::collections::HashSet<i64>,
+    /// Vectors of the images with an id above the requested bound, by id.
+    pub vectors: Vec<(i64, Vec<f32>)>,
 }
 
 /// One indexed image as stored, without its vector.
@@ -111,6 +162,7 @@ pub struct ImageRecord {
     pub width: u32,
     pub height: u32,
     pub format: String,
+    pub animated: bool,
 }
 
 /// The saved HNSW files that match one generation of the images table.
@@ -122,7 +174,10 @@ pub struct AnnRecord {
     pub graph_digest: String,
     pub data_size: u64,
     pub data_digest: String,
+    /// Points in the graph, including those whose rows were deleted since.
     pub point_count: u64,
+    /// The largest image id the graph covers; rows above it are newer.
+    pub max_image_id: i64,
     pub max_connections: usize,
     pub ef_construction: usize,
 }
@@ -287,20 +342,26 @@ impl Store {
             .map_err(|e| self.error(e))
     }
 
-    /// Returns the size and modification time recorded for every indexed
-    /// path, keyed by the path's raw bytes.
-    pub fn file_states(&self) -> Result<HashMap<Vec<u8>, FileState>, StoreError> {
+    /// Returns what is stored for every indexed path, keyed by the path's
+    /// raw bytes.
+    pub fn stored_files(&self) -> Result<HashMap<Vec<u8>, StoredFile>, StoreError> {
         let mut statement = self
             .connection
-            .prepare("SELECT path, file_size, modified_ns FROM images")
+            .prepare("SELECT path, id, file_size, modified_ns, fingerprint FROM images")
             .map_err(|e| self.error(e))?;
         let rows = statement
             .query_map([], |row| {
                 Ok((
                     row.get::<_, Vec<u8>>(0)?,
-                    FileState {
-                        file_size: row.get::<_, i64>(1)? as u64,
-                        modified_ns: row.get(2)?,
+                    StoredFile {
+                        id: row.get(1)?,
+                        state: FileState {
+                            file_size: row.get::<_, i64>(2)? as u64,
+                            modified_ns: row.get(3)?,
+                        },
+                        fingerprint: row
+                            .get::<_, Option<Vec<u8>>>(4)?
+                            .and_then(|bytes| bytes.try_into().ok()),
                     },
                 ))
             })
@@ -308,50 +369,59 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.error(e))
     }
 
-    /// Inserts or replaces (by path) a batch of images in one transaction.
+    /// Writes a batch of embedded images in one transaction. A row already
+    /// at the same path is deleted first, so a changed file gets a new id
+    /// and its old id becomes a tombstone in any saved graph.
     ///
     /// When this returns `Ok`, the whole batch is committed; on error or a
     /// crash, none of it is.
     pub fn insert_images(&mut self, images: &[NewImage]) -> Result<(), StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = unix_seconds();
         let path = self.path.clone();
         let to_error = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let transaction = self.connection.transaction().map_err(to_error)?;
-        {
-            let mut statement = transaction
+        for image in images {
+            let path_bytes = path_to_bytes(&image.path);
+            delete_path(&transaction, &path_bytes).map_err(to_error)?;
+            transaction
                 .prepare_cached(
-                    "INSERT INTO images
-                       (path, file_size, modified_ns, width, height, format, vector, indexed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (path) DO UPDATE SET
-                       file_size = excluded.file_size,
-                       modified_ns = excluded.modified_ns,
-                       width = excluded.width,
-                       height = excluded.height,
-                       format = excluded.format,
-                       vector = excluded.vector,
-                       indexed_at = excluded.indexed_at",
+                    "INSERT INTO images (path, file_size, modified_ns, fingerprint, width, height,
+                                         format, animated, vector, indexed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
-                .map_err(to_error)?;
-            for image in images {
-                statement
-                    .execute(params![
-                        path_to_bytes(&image.path),
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        path_bytes,
                         image.state.file_size as i64,
                         image.state.modified_ns,
+                        image.fingerprint.as_ref().map(|f| f.as_slice()),
                         image.width,
                         image.height,
                         image.format,
+                        image.animated,
                         vector_to_bytes(&image.vector),
                         now,
                     ])
-                    .map_err(to_error)?;
-            }
+                })
+                .map_err(to_error)?;
+        }
+        transaction.commit().map_err(to_error)
+    }
+
+    /// Applies moves, copies, refreshes and deletions in one transaction.
+    pub fn apply_changes(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        let now = unix_seconds();
+        let path = self.path.clone();
+        let to_error = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let transaction = self.connection.transaction().map_err(to_error)?;
+        for change in changes {
+            apply_change(&transaction, change, now).map_err(to_error)?;
         }
         transaction.commit().map_err(to_error)
     }
@@ -369,51 +439,45 @@ impl Store {
     /// The counter that changes with every insert, update or delete of an
     /// image row, maintained by triggers.
     pub fn data_generation(&self) -> Result<i64, StoreError> {
-        self.connection
-            .query_row(
-                "SELECT value FROM counters WHERE name = 'data_generation'",
-                [],
-                |row| row.get(0),
-            )
-            .map_err(|e| self.error(e))
+        read_generation(&self.connection).map_err(|e| self.error(e))
     }
 
-    /// Reads every image id with its vector, checking each vector's length
-    /// against `dimension`, and returns them with the data generation they
-    /// belong to (read in the same transaction).
-    pub fn all_vectors(
+    /// Reads every image id, and the vectors of images with an id above
+    /// `after_id`, in one transaction, checking each vector's length against
+    /// `dimension`.
+    pub fn vector_snapshot(
         &mut self,
+        after_id: i64,
         dimension: usize,
-    ) -> Result<(i64, Vec<(i64, Vec<f32>)>), StoreError> {
+    ) -> Result<VectorSnapshot, StoreError> {
         let path = self.path.clone();
         let to_error = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let transaction = self.connection.transaction().map_err(to_error)?;
-        let generation: i64 = transaction
-            .query_row(
-                "SELECT value FROM counters WHERE name = 'data_generation'",
-                [],
-                |row| row.get(0),
-            )
-            .map_err(to_error)?;
-        let mut vectors = Vec::new();
+        let mut snapshot = VectorSnapshot {
+            generation: read_generation(&transaction).map_err(to_error)?,
+            ..VectorSnapshot::default()
+        };
         {
             let mut statement = transaction
-                .prepare("SELECT id, vector FROM images ORDER BY id")
+                .prepare("SELECT id FROM images")
                 .map_err(to_error)?;
-            let mut rows = statement.query([]).map_err(to_error)?;
+            let ids = statement
+                .query_map([], |row| row.get::<_, i64>(0))
+                .map_err(to_error)?;
+            for id in ids {
+                snapshot.live_ids.insert(id.map_err(to_error)?);
+            }
+            let mut statement = transaction
+                .prepare("SELECT id, vector FROM images WHERE id > ?1 ORDER BY id")
+                .map_err(to_error)?;
+            let mut rows = statement.query([after_id]).map_err(to_error)?;
             while let Some(row) = rows.next().map_err(to_error)? {
                 let id: i64 = row.get(0).map_err(to_error)?;
-                let bytes = row.get_ref(1).map_err(to_error)?.as_blob().map_err(|e| {
-                    to_error(rusqlite::Error::FromSqlConversionFailure(
-                        1,
-                        rusqlite::types::Type::Blob,
-                        Box::new(e),
-                    ))
-                })?;
-                let vector = vector_from_bytes(bytes).filter(|v| v.len() == dimension);
+                let bytes: Vec<u8> = row.get(1).map_err(to_error)?;
+                let vector = vector_from_bytes(&bytes).filter(|v| v.len() == dimension);
                 let Some(vector) = vector else {
                     return Err(StoreError::CorruptVector {
                         path: path.clone(),
@@ -422,11 +486,11 @@ impl Store {
                         expected: dimension * 4,
                     });
                 };
-                vectors.push((id, vector));
+                snapshot.vectors.push((id, vector));
             }
         }
         transaction.commit().map_err(to_error)?;
-        Ok((generation, vectors))
+        Ok(snapshot)
     }
 
     /// Looks up images by id; ids not found are left out.
@@ -434,7 +498,7 @@ impl Store {
         let mut statement = self
             .connection
             .prepare_cached(
-                "SELECT id, path, file_size, modified_ns, width, height, format
+                "SELECT id, path, file_size, modified_ns, width, height, format, animated
                  FROM images WHERE id = ?1",
             )
             .map_err(|e| self.error(e))?;
@@ -450,6 +514,7 @@ impl Store {
                         width: row.get(4)?,
                         height: row.get(5)?,
                         format: row.get(6)?,
+                        animated: row.get(7)?,
                     })
                 })
                 .optional()
@@ -466,7 +531,7 @@ impl Store {
         self.connection
             .query_row(
                 "SELECT generation, basename, graph_size, graph_digest, data_size, data_digest,
-                        point_count, max_connections, ef_construction
+                        point_count, max_image_id, max_connections, ef_construction
                  FROM ann_index WHERE id = 1",
                 [],
                 |row| {
@@ -478,8 +543,9 @@ impl Store {
                         data_size: row.get::<_, i64>(4)? as u64,
                         data_digest: row.get(5)?,
                         point_count: row.get::<_, i64>(6)? as u64,
-                        max_connections: row.get::<_, i64>(7)? as usize,
-                        ef_construction: row.get::<_, i64>(8)? as usize,
+                        max_image_id: row.get(7)?,
+                        max_connections: row.get::<_, i64>(8)? as usize,
+                        ef_construction: row.get::<_, i64>(9)? as usize,
                     })
                 },
             )
@@ -500,13 +566,7 @@ impl Store {
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(to_error)?;
-        let generation: i64 = transaction
-            .query_row(
-                "SELECT value FROM counters WHERE name = 'data_generation'",
-                [],
-                |row| row.get(0),
-            )
-            .map_err(to_error)?;
+        let generation = read_generation(&transaction).map_err(to_error)?;
         if generation != record.generation {
             return Ok(AnnSwap::Stale);
         }
@@ -520,8 +580,8 @@ impl Store {
             .execute(
                 "INSERT OR REPLACE INTO ann_index
                    (id, generation, basename, graph_size, graph_digest, data_size, data_digest,
-                    point_count, max_connections, ef_construction)
-                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    point_count, max_image_id, max_connections, ef_construction)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     record.generation,
                     record.basename,
@@ -530,6 +590,7 @@ impl Store {
                     record.data_size as i64,
                     record.data_digest,
                     record.point_count as i64,
+                    record.max_image_id,
                     record.max_connections as i64,
                     record.ef_construction as i64,
                 ],
@@ -540,6 +601,77 @@ impl Store {
             previous_basename: previous,
         })
     }
+}
+
+fn read_generation(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row(
+        "SELECT value FROM counters WHERE name = 'data_generation'",
+        [],
+        |row| row.get(0),
+    )
+}
+
+fn delete_path(connection: &Connection, path: &[u8]) -> rusqlite::Result<usize> {
+    connection
+        .prepare_cached("DELETE FROM images WHERE path = ?1")?
+        .execute([path])
+}
+
+fn apply_change(connection: &Connection, change: &Change, now: i64) -> rusqlite::Result<()> {
+    match change {
+        Change::Move { id, path, state } => {
+            let path = path_to_bytes(path);
+            connection
+                .prepare_cached("DELETE FROM images WHERE path = ?1 AND id != ?2")?
+                .execute(params![path, id])?;
+            connection
+                .prepare_cached(
+                    "UPDATE images SET path = ?1, file_size = ?2, modified_ns = ?3 WHERE id = ?4",
+                )?
+                .execute(params![path, state.file_size as i64, state.modified_ns, id])?;
+        }
+        Change::Copy {
+            source_id,
+            path,
+            state,
+            fingerprint,
+        } => {
+            let path = path_to_bytes(path);
+            delete_path(connection, &path)?;
+            connection
+                .prepare_cached(
+                    "INSERT INTO images (path, file_size, modified_ns, fingerprint, width, height,
+                                         format, animated, vector, indexed_at)
+                     SELECT ?1, ?2, ?3, ?4, width, height, format, animated, vector, ?5
+                     FROM images WHERE id = ?6",
+                )?
+                .execute(params![
+                    path,
+                    state.file_size as i64,
+                    state.modified_ns,
+                    fingerprint.as_slice(),
+                    now,
+                    source_id
+                ])?;
+        }
+        Change::Refresh { id, state } => {
+            connection
+                .prepare_cached("UPDATE images SET file_size = ?1, modified_ns = ?2 WHERE id = ?3")?
+                .execute(params![state.file_size as i64, state.modified_ns, id])?;
+        }
+        Change::Delete { id } => {
+            connection
+                .prepare_cached("DELETE FROM images WHERE id = ?1")?
+                .execute([id])?;
+        }
+    }
+    Ok(())
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

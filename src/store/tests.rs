@@ -16,9 +16,11 @@ fn image(path: &str, vector: Vec<f32>) -> NewImage {
             file_size: 10,
             modified_ns: 20,
         },
+        fingerprint: Some([7; 32]),
         width: 4,
         height: 5,
         format: "png".to_string(),
+        animated: false,
         vector,
     }
 }
@@ -41,9 +43,54 @@ fn migrations_apply_to_empty_database() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(tables, ["ann_index", "counters", "images", "model"]);
+    assert_eq!(
+        tables,
+        [
+            "ann_index",
+            "counters",
+            "images",
+            "model",
+            "sqlite_sequence"
+        ]
+    );
     // Applying again is a no-op.
     assert_eq!(apply_migrations(&mut connection).unwrap(), version);
+}
+
+#[test]
+fn first_schema_rows_survive_migration() {
+    let mut connection = Connection::open_in_memory().unwrap();
+    let (_, first) = MIGRATIONS[0];
+    connection.execute_batch(first).unwrap();
+    connection.pragma_update(None, "user_version", 1).unwrap();
+    connection
+        .execute(
+            "INSERT INTO images (id, path, file_size, modified_ns, width, height, format,
+                                 vector, indexed_at)
+             VALUES (5, x'2f612e706e67', 10, 20, 3, 4, 'png', x'0000803f', 0)",
+            [],
+        )
+        .unwrap();
+    apply_migrations(&mut connection).unwrap();
+    let row: (i64, Vec<u8>, Option<Vec<u8>>, bool, Vec<u8>) = connection
+        .query_row(
+            "SELECT id, path, fingerprint, animated, vector FROM images",
+            [],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        row,
+        (5, b"/a.png".to_vec(), None, false, vec![0, 0, 0x80, 0x3f])
+    );
 }
 
 #[test]
@@ -93,7 +140,7 @@ fn vector_round_trips_exactly() {
     store
         .insert_images(&[image("/a.png", vector.clone())])
         .unwrap();
-    let (_, vectors) = store.all_vectors(3).unwrap();
+    let vectors = store.vector_snapshot(0, 3).unwrap().vectors;
     assert_eq!(vectors.len(), 1);
     assert_eq!(vectors[0].1, vector);
     assert_eq!(vector_to_bytes(&[1.0]), [0, 0, 0x80, 0x3f]);
@@ -111,7 +158,7 @@ fn same_path_is_updated_not_duplicated() {
         .unwrap();
     assert_eq!(store.image_count().unwrap(), 1);
     assert!(store.data_generation().unwrap() > first);
-    let (_, vectors) = store.all_vectors(3).unwrap();
+    let vectors = store.vector_snapshot(0, 3).unwrap().vectors;
     assert_eq!(vectors[0].1, [0.0, 1.0, 0.0]);
 }
 
@@ -124,13 +171,13 @@ fn non_utf8_path_round_trips() {
     let mut new = image("/unused", vec![1.0, 0.0, 0.0]);
     new.path = path.clone();
     store.insert_images(&[new]).unwrap();
-    let (_, vectors) = store.all_vectors(3).unwrap();
+    let vectors = store.vector_snapshot(0, 3).unwrap().vectors;
     let records = store.images_by_ids(&[vectors[0].0]).unwrap();
     assert_eq!(
         crate::paths::path_to_bytes(&records[&vectors[0].0].path),
         raw
     );
-    assert!(store.file_states().unwrap().contains_key(raw.as_slice()));
+    assert!(store.stored_files().unwrap().contains_key(raw.as_slice()));
 }
 
 #[test]
@@ -152,7 +199,7 @@ fn wrong_vector_length_is_reported() {
     store
         .insert_images(&[image("/a.png", vec![1.0, 0.0])])
         .unwrap();
-    let error = store.all_vectors(3).unwrap_err();
+    let error = store.vector_snapshot(0, 3).unwrap_err();
     assert!(
         matches!(
             error,
@@ -181,6 +228,7 @@ fn ann_record_is_not_written_when_stale() {
         data_size: 2,
         data_digest: "d".to_string(),
         point_count: 1,
+        max_image_id: 1,
         max_connections: 16,
         ef_construction: 100,
     };
