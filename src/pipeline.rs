@@ -154,7 +154,7 @@ pub fn index_roots(
         return Ok(report);
     }
     store.apply_changes(&plan.changes)?;
-    let to_embed = std::mem::take(&mut plan.to_embed);
+    let to_embed = plan.to_embed.clone();
     report.plan = plan;
     observer.start(to_embed.len());
     embed_all(

@@ -26,6 +26,7 @@ pub struct QueryResult {
     pub height: u32,
     pub file_size: u64,
     pub format: String,
+    pub animated: bool,
     #[serde(skip)]
     pub raw_path: PathBuf,
 }
@@ -115,6 +116,7 @@ fn to_result(rank: usize, similarity: f32, record: &ImageRecord) -> QueryResult 
         height: record.height,
         file_size: record.file_size,
         format: record.format.clone(),
+        animated: record.animated,
         raw_path: record.path.clone(),
     }
 }
