@@ -96,6 +96,20 @@ pub fn load_current(
     })
 }
 
+/// The build parameters of the saved graph, or the defaults when there is
+/// none.
+pub fn saved_build_params(store: &Store) -> Result<AnnParams, StoreError> {
+    let defaults = AnnParams::default();
+    Ok(match store.ann_record()? {
+        Some(record) => AnnParams {
+            max_connections: record.max_connections,
+            ef_construction: record.ef_construction,
+            ..defaults
+        },
+        None => defaults,
+    })
+}
+
 /// Brings the saved files up to date with the database without loading
 /// the graph when they already match; used after an index run.
 pub fn refresh(
@@ -184,6 +198,15 @@ fn save_or_warn(
     max_image_id: i64,
     params: &AnnParams,
 ) {
+    // hnsw_rs cannot write an empty graph, and an empty one costs nothing
+    // to rebuild.
+    if index.is_empty() {
+        return;
+    }
+    if store.is_read_only() {
+        tracing::debug!("the database is read-only; the HNSW index is kept in memory only");
+        return;
+    }
     if let Err(error) = save(store, index, snapshot.generation, max_image_id, params) {
         tracing::warn!("the HNSW index was not saved, the next command rebuilds it: {error}");
     }

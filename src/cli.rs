@@ -10,6 +10,9 @@ use crate::ann::{DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_MAX_CONNECT
 use crate::decode::DEFAULT_MAX_PIXELS;
 use crate::pipeline::DEFAULT_BATCH_SIZE;
 
+/// Largest accepted --batch-size: about 2.5 GB of inference memory.
+const MAX_BATCH_SIZE: i64 = 256;
+
 /// Find visually similar photos in local folders.
 #[derive(Debug, Parser)]
 #[command(name = "imgsim", version, about, long_about = None)]
@@ -23,17 +26,20 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Database file [default: imgsim.db in the per-user data directory,
-    /// e.g. ~/.local/share/imgsim/imgsim.db]
-    #[arg(long, global = true, env = "IMGSIM_DB", value_name = "PATH")]
+    /// Database file; the IMGSIM_DB environment variable sets it too
+    /// [default: imgsim.db in the per-user data directory, e.g.
+    /// ~/.local/share/imgsim/imgsim.db]
+    #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
 
     /// ONNX model file to use instead of the built-in MobileNetV2; it must
-    /// take [N,3,224,224] RGB in [-1,1] and output [N,D]
-    #[arg(long, global = true, env = "IMGSIM_MODEL", value_name = "FILE")]
+    /// take [N,3,224,224] RGB in [-1,1] and output [N,D]; the IMGSIM_MODEL
+    /// environment variable sets it too
+    #[arg(long, global = true, value_name = "FILE")]
     pub model: Option<PathBuf>,
 
-    /// Threads for inference and decoding [default: number of CPU cores]
+    /// Threads for inference and decoding; more than the number of cores
+    /// slows both down [default: number of CPU cores]
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 
@@ -61,9 +67,10 @@ pub struct IndexArgs {
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 
-    /// Images per inference batch and per database transaction
+    /// Images per inference batch and per database transaction; each image
+    /// of a batch takes about 10 MB of memory during inference
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=4096).map(|n| n as usize))]
+          value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE).map(|n| n as usize))]
     pub batch_size: usize,
 
     /// Reject images with more pixels (width x height) than this, before
@@ -136,9 +143,6 @@ pub struct QueryArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pixels: u64,
 
-    #[command(flatten)]
-    pub hnsw: HnswBuildArgs,
-
     /// Print results as JSON (see README for the shape)
     #[arg(long)]
     pub json: bool,
@@ -147,8 +151,8 @@ pub struct QueryArgs {
 impl GlobalArgs {
     /// The database path: --db, then IMGSIM_DB, then the per-user default.
     pub fn database_path(&self) -> anyhow::Result<PathBuf> {
-        if let Some(path) = &self.db {
-            return Ok(path.clone());
+        if let Some(path) = option_or_env(&self.db, "IMGSIM_DB") {
+            return Ok(path);
         }
         let data = dirs::data_dir().ok_or_else(|| {
             anyhow::anyhow!(
@@ -158,6 +162,12 @@ impl GlobalArgs {
         Ok(data.join("imgsim").join("imgsim.db"))
     }
 
+    /// The model file: --model, then IMGSIM_MODEL; `None` means the
+    /// built-in model.
+    pub fn model_path(&self) -> Option<PathBuf> {
+        option_or_env(&self.model, "IMGSIM_MODEL")
+    }
+
     /// Threads to use: --threads, or the number of available cores.
     pub fn thread_count(&self) -> usize {
         match self.threads {
@@ -165,4 +175,13 @@ impl GlobalArgs {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
+}
+
+/// The option's value, else the environment variable's; empty values count
+/// as unset.
+fn option_or_env(option: &Option<PathBuf>, variable: &str) -> Option<PathBuf> {
+    option
+        .clone()
+        .or_else(|| std::env::var_os(variable).map(PathBuf::from))
+        .filter(|path| !path.as_os_str().is_empty())
 }

@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -9,15 +10,44 @@ fn main() -> ExitCode {
     init_logging(cli.global.verbose, cli.global.quiet);
     match imgsim::commands::run(cli) {
         Ok(status) => status.into(),
+        Err(error) if is_broken_pipe(&error) => Status::Success.into(),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_message(&error));
             Status::Error.into()
         }
     }
 }
 
-/// Logs go to stderr; `IMGSIM_LOG` (a tracing filter such as `debug`)
-/// overrides the level chosen by -v and -q.
+/// Whether the error is stdout closed by its reader, as in
+/// `imgsim query X | head -1`; that ends the command normally.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Joins the error and its causes with ": ", leaving out causes whose text
+/// the message already contains, since many errors quote their source.
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if message.contains(text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(text);
+    }
+    message
+}
+
+/// Logs go to stderr, coloured only on a terminal; `IMGSIM_LOG` (a tracing
+/// filter such as `debug`) overrides the level chosen by -v and -q.
 fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
@@ -33,6 +63,7 @@ fn init_logging(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .init();

@@ -61,6 +61,9 @@ pub struct Failure {
 pub struct IndexReport {
     /// Candidate files found by the scan.
     pub scanned: usize,
+    /// Roots that exist and could be examined; zero means nothing given on
+    /// the command line could be indexed.
+    pub readable_roots: usize,
     /// What the run decided to do; in a dry run, what it would do.
     pub plan: Plan,
     /// Files decoded (successfully or not) in this run.
@@ -131,6 +134,7 @@ pub fn index_roots(
         );
     }
     report.scanned = scan.candidates.len();
+    report.readable_roots = scan.readable_roots;
     let stored = store.stored_files()?;
     let mut plan = plan_run(&scan, &stored);
     drop(stored);
@@ -180,7 +184,7 @@ fn record_failure(
     let failure = Failure {
         path: path.to_path_buf(),
         stage,
-        reason: reason.to_string(),
+        reason: one_line(reason),
     };
     observer.failed(&failure);
     report.failures.push(failure);
@@ -229,6 +233,12 @@ fn embed_all(
     result
 }
 
+/// The reason on one line: decoders' messages may end in or contain line
+/// breaks, which would split a `path: reason` line.
+fn one_line(reason: &str) -> String {
+    reason.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn prepare_batch(
     chunk: &[ToEmbed],
     options: &DecodeOptions,
@@ -249,7 +259,7 @@ fn prepare_one(
     let decoded = decode_file(&candidate.path, options).map_err(|error| Failure {
         path: candidate.path.clone(),
         stage: Stage::Decode,
-        reason: error.reason(),
+        reason: one_line(&error.reason()),
     })?;
     if let Some(warning) = &decoded.orientation_warning {
         observer.warning(&candidate.path, warning);

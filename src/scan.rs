@@ -1,5 +1,7 @@
 //! Finding candidate image files under the roots given on the command line.
 //!
+//! Roots are made canonical first, so `../photos`, `/home/me/photos` and a
+//! symbolic link to that folder all store the same paths.
 //! A root that is a file is always a candidate, whatever its name. Inside a
 //! folder, files are candidates when their extension is one of the image
 //! extensions below (case-insensitive); the content is sniffed later, so a
@@ -53,6 +55,8 @@ pub struct ScanResult {
     pub failures: Vec<ScanFailure>,
     /// Folder roots that were walked; files given as roots are not listed.
     pub walked_roots: Vec<WalkedRoot>,
+    /// Roots, files or folders, that exist and could be examined.
+    pub readable_roots: usize,
 }
 
 /// How to walk.
@@ -79,10 +83,12 @@ fn scan_root(
     result: &mut ScanResult,
     seen: &mut HashSet<PathBuf>,
 ) {
-    let absolute = match std::path::absolute(root) {
+    // The canonical path (absolute, without `..` or symbolic links) keeps
+    // one file from being stored twice when it is reached by two spellings.
+    let absolute = match std::fs::canonicalize(root) {
         Ok(path) => path,
         Err(error) => {
-            result.failures.push(failure(root, &error.to_string()));
+            result.failures.push(failure(root, &io_reason(&error)));
             return;
         }
     };
@@ -94,6 +100,7 @@ fn scan_root(
         }
     };
     if metadata.is_file() {
+        result.readable_roots += 1;
         push_candidate(&absolute, &metadata, result, seen);
         return;
     }
@@ -103,6 +110,7 @@ fn scan_root(
             .push(failure(root, "not a regular file or folder"));
         return;
     }
+    result.readable_roots += 1;
     let before = result.candidates.len();
     let walker = WalkDir::new(&absolute)
         .follow_links(options.follow_links)
@@ -223,7 +231,10 @@ mod tests {
         let names: Vec<_> = result
             .candidates
             .iter()
-            .map(|c| c.path.strip_prefix(dir.path()).unwrap().to_path_buf())
+            .map(|c| {
+                let root = dir.path().canonicalize().unwrap();
+                c.path.strip_prefix(root).unwrap().to_path_buf()
+            })
             .collect();
         assert_eq!(
             names,
@@ -237,9 +248,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("photo.data");
         std::fs::write(&file, b"12345").unwrap();
-        let result = scan_roots(&[file.clone(), file.clone()], &ScanOptions::default());
+        let spelled_differently = dir.path().join(".").join("photo.data");
+        let result = scan_roots(
+            &[file.clone(), spelled_differently],
+            &ScanOptions::default(),
+        );
         assert_eq!(result.candidates.len(), 1);
-        assert_eq!(result.candidates[0].path, file);
+        assert_eq!(result.candidates[0].path, file.canonicalize().unwrap());
         assert_eq!(result.candidates[0].state.file_size, 5);
     }
 

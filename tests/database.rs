@@ -98,7 +98,7 @@ fn database_of_other_model_is_rejected() {
             "{}",
             rejected.stderr
         );
-        assert!(rejected.stderr.contains("Re-index"), "{}", rejected.stderr);
+        assert!(rejected.stderr.contains("--model"), "{}", rejected.stderr);
     }
 }
 
@@ -266,11 +266,11 @@ fn help_of(command: &str) -> String {
 fn help_states_defaults() {
     let index_help = help_of("index");
     for expected in [
-        "Images per inference batch and per database transaction [default: 16]",
+        "about 10 MB of memory during inference [default: 16]",
         "[default: 24]",
         "(ef_construction) [default: 200]",
         "[default: 200000000]",
-        "[env: IMGSIM_DB=]",
+        "the IMGSIM_DB environment variable sets it too",
     ] {
         assert!(
             index_help.contains(expected),
@@ -287,4 +287,85 @@ fn help_states_defaults() {
             "{expected} missing from: {query_help}"
         );
     }
+}
+
+#[test]
+fn one_file_reached_two_ways_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let album = copy_photos(&some_photos(2), dir.path());
+    std::os::unix::fs::symlink(&album, dir.path().join("link")).unwrap();
+    let spellings = [
+        album.clone(),
+        dir.path().join("link"),
+        album.join("..").join("album"),
+    ];
+    for spelling in &spellings {
+        let (result, summary) = index(&database, &[spelling]);
+        assert_eq!(result.status, 0, "{}", result.stderr);
+        assert_eq!(
+            summary["total_in_database"],
+            2,
+            "after indexing {}",
+            spelling.display()
+        );
+    }
+}
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let photos = some_photos(4);
+    let (result, _) = index(&database, &photos);
+    assert_eq!(result.status, 0, "{}", result.stderr);
+    let mut child = common::imgsim(&database)
+        .args(["query".as_ref(), photos[0].as_os_str(), "--json".as_ref()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn error_causes_are_not_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let (result, _) = index(&database, &some_photos(1));
+    assert_eq!(result.status, 0, "{}", result.stderr);
+    let missing = dir.path().join("missing.jpg");
+    let result = run(&database, ["query".as_ref(), missing.as_os_str()]);
+    assert_eq!(result.status, 1);
+    assert_eq!(
+        result.stderr.trim(),
+        format!(
+            "error: {}: cannot read: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+}
+
+#[test]
+fn empty_database_variable_means_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = &some_photos(1)[0];
+    let result = std::process::Command::new(env!("CARGO_BIN_EXE_imgsim"))
+        .args(["query".as_ref(), photo.as_os_str()])
+        .env("IMGSIM_DB", "")
+        .env("XDG_DATA_HOME", dir.path())
+        .output()
+        .unwrap();
+    let result = common::Run::from(result);
+    assert_eq!(result.status, 1, "{}", result.stderr);
+    let expected = dir.path().join("imgsim/imgsim.db");
+    assert!(
+        result.stderr.contains(&expected.display().to_string()),
+        "{}",
+        result.stderr
+    );
 }

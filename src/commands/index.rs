@@ -91,7 +91,10 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
 }
 
 fn exit_status(report: &IndexReport) -> Status {
-    if report.interrupted {
+    if report.readable_roots == 0 {
+        eprintln!("error: none of the given paths exists or can be read; nothing was indexed");
+        Status::Error
+    } else if report.interrupted {
         Status::Interrupted
     } else if !report.failures.is_empty() {
         Status::SomeFilesFailed
@@ -305,22 +308,29 @@ fn print_summary(report: &IndexReport, total: u64, args: &IndexArgs) -> anyhow::
                 .collect(),
             planned: args.dry_run.then(|| json_plan(report)),
         };
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?)?;
         return Ok(());
     }
     if args.dry_run {
-        print_dry_run(report);
-        return Ok(());
+        return print_dry_run(report);
     }
     if !report.failures.is_empty() {
-        eprintln!("{} files could not be indexed:", report.failures.len());
+        eprintln!(
+            "{} could not be indexed:",
+            count(report.failures.len(), "file", "files")
+        );
         for failure in &report.failures {
             eprintln!("  {}: {}", display_path(&failure.path), failure.reason);
         }
     }
-    println!(
+    let interrupted = if report.interrupted {
+        "; interrupted"
+    } else {
+        ""
+    };
+    outln!(
         "indexed {} (added {}, changed {}), moved {}, copied {}, removed {}, unchanged {}, \
-         failed {}{} in {:.1} s ({:.1} images/s); {} images in the database",
+         failed {}{interrupted}; {:.1} s, {:.1} images/s; {} in the database",
         report.indexed,
         plan.added(),
         plan.changed(),
@@ -329,37 +339,32 @@ fn print_summary(report: &IndexReport, total: u64, args: &IndexArgs) -> anyhow::
         plan.removed.len(),
         plan.unchanged + plan.refreshed.len(),
         report.failures.len(),
-        if report.interrupted {
-            ", interrupted"
-        } else {
-            ""
-        },
         report.seconds,
         images_per_second,
-        total
-    );
+        count(total as usize, "image", "images")
+    )?;
     Ok(())
 }
 
-fn print_dry_run(report: &IndexReport) {
+fn print_dry_run(report: &IndexReport) -> anyhow::Result<()> {
     let plan = &report.plan;
     for item in &plan.to_embed {
         let verb = if item.replaces { "change" } else { "add" };
-        println!("{verb} {}", display_path(&item.candidate.path));
+        outln!("{verb} {}", display_path(&item.candidate.path))?;
     }
     for (from, to) in &plan.moved {
-        println!("move {} -> {}", display_path(from), display_path(to));
+        outln!("move {} -> {}", display_path(from), display_path(to))?;
     }
     for (from, to) in &plan.copied {
-        println!("copy {} -> {}", display_path(from), display_path(to));
+        outln!("copy {} -> {}", display_path(from), display_path(to))?;
     }
     for path in &plan.removed {
-        println!("remove {}", display_path(path));
+        outln!("remove {}", display_path(path))?;
     }
     for failure in &report.failures {
         eprintln!("{}: {}", display_path(&failure.path), failure.reason);
     }
-    println!(
+    outln!(
         "dry run: would add {}, change {}, move {}, copy {}, remove {}; unchanged {}, failed {}",
         plan.added(),
         plan.changed(),
@@ -368,7 +373,13 @@ fn print_dry_run(report: &IndexReport) {
         plan.removed.len(),
         plan.unchanged + plan.refreshed.len(),
         report.failures.len()
-    );
+    )?;
+    Ok(())
+}
+
+/// "1 file", "2 files".
+fn count(number: usize, singular: &str, plural: &str) -> String {
+    format!("{number} {}", if number == 1 { singular } else { plural })
 }
 
 fn round3(value: f64) -> f64 {

@@ -1,5 +1,15 @@
 //! One function per subcommand; each returns the exit status.
 
+/// Writes a line to stdout and returns the I/O error instead of panicking as
+/// `println!` does, so a closed pipe (`imgsim query X | head -1`) ends the
+/// command quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod index;
 mod progress;
 mod query;
@@ -17,8 +27,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
 }
 
 fn load_embedder(global: &GlobalArgs) -> anyhow::Result<Embedder> {
-    let source = match &global.model {
-        Some(path) => ModelSource::File(path.clone()),
+    let source = match global.model_path() {
+        Some(path) => ModelSource::File(path),
         None => ModelSource::Default,
     };
     Ok(Embedder::load(&source, global.thread_count())?)

@@ -43,7 +43,13 @@ struct QueryOutput<'a> {
 pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
     let database = global.database_path()?;
     super::configure_threads(global);
-    let mut store = Store::open(&database, OpenMode::MustExist)?;
+    let mut store = match Store::open(&database, OpenMode::MustExist) {
+        Err(error) if error.is_read_only() => {
+            tracing::debug!("opening the database read-only: {error}");
+            Store::open(&database, OpenMode::ReadOnly)?
+        }
+        result => result?,
+    };
     let mut embedder = super::load_embedder(global)?;
     store.check_model(embedder.identity())?;
 
@@ -62,10 +68,11 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
         .pop()
         .context("the model returned no vector")?;
 
+    // A rebuild keeps the parameters the graph was last built with by
+    // `index`, so a query never changes them.
     let params = AnnParams {
-        max_connections: args.hnsw.max_connections,
-        ef_construction: args.hnsw.ef_construction,
         ef_search: args.ef_search,
+        ..ann_cache::saved_build_params(&store)?
     };
     let live = ann_cache::load_current(&mut store, embedder.identity().dimension, &params)?;
     let neighbours = live
@@ -81,13 +88,14 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
         .collect();
 
     if args.json {
+        let query_path = std::path::absolute(&args.image).unwrap_or_else(|_| args.image.clone());
         let output = QueryOutput {
-            query: args.image.to_string_lossy().into_owned(),
-            query_hex: non_utf8_hex(&args.image),
+            query: query_path.to_string_lossy().into_owned(),
+            query_hex: non_utf8_hex(&query_path),
             model: &embedder.identity().name,
             results: &results,
         };
-        println!("{}", serde_json::to_string_pretty(&output)?);
+        outln!("{}", serde_json::to_string_pretty(&output)?)?;
     } else if results.is_empty() {
         eprintln!(
             "no indexed images in {}; run `imgsim index DIR` first",
@@ -95,12 +103,12 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
         );
     } else {
         for result in &results {
-            println!(
+            outln!(
                 "{:>3}  {:.4}  {}",
                 result.rank,
                 result.similarity,
                 display_path(&result.raw_path)
-            );
+            )?;
         }
     }
     Ok(Status::Success)

@@ -52,23 +52,27 @@ pub enum StoreError {
         supported: i64,
     },
     #[error(
-        "{path}: the database was built with model {stored_name} (sha256 {stored_sha256}, \
-         {stored_dimension} dimensions, preprocessing \"{stored_preprocessing}\"), \
-         but this run uses {name} (sha256 {sha256}, {dimension} dimensions, preprocessing \
-         \"{preprocessing}\"); vectors of different models cannot be compared. \
-         Re-index into a new database with `--db NEW.db`, or delete {path} and re-run `imgsim index`"
+        "{path}: the database holds vectors of model {stored_name} ({stored_dimension} \
+         dimensions, sha256 {stored_sha256_short}...), but this run uses {name} ({dimension} \
+         dimensions, sha256 {sha256_short}...){preprocessing_note}. Run with the model the \
+         database was built with (--model), or index into a new database with --db NEW.db"
     )]
     ModelMismatch {
         path: PathBuf,
         stored_name: String,
-        stored_sha256: String,
+        stored_sha256_short: String,
         stored_dimension: usize,
-        stored_preprocessing: String,
         name: String,
-        sha256: String,
+        sha256_short: String,
         dimension: usize,
-        preprocessing: String,
+        /// Names both preprocessings when only they differ.
+        preprocessing_note: String,
     },
+    #[error(
+        "{path}: the database is read-only and its schema is older than this imgsim's; \
+         run `imgsim index` once with write access to upgrade it"
+    )]
+    NeedsUpgrade { path: PathBuf },
     #[error("{path}: image {id} has a vector of {found} bytes, expected {expected}")]
     CorruptVector {
         path: PathBuf,
@@ -78,11 +82,29 @@ pub enum StoreError {
     },
 }
 
-/// Whether [`Store::open`] may create a missing database.
+impl StoreError {
+    /// Whether the error comes from a database or folder that cannot be
+    /// written, so that opening it read-only may still work.
+    pub fn is_read_only(&self) -> bool {
+        let StoreError::Sqlite { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+        )
+    }
+}
+
+/// Whether [`Store::open`] may create a missing database, and whether it
+/// may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
     CreateIfMissing,
     MustExist,
+    /// An existing database opened for reading only, for a database or
+    /// folder the user cannot write; its schema must be current.
+    ReadOnly,
 }
 
 /// Size and modification time of a file when it was indexed.
@@ -196,6 +218,7 @@ pub enum AnnSwap {
 pub struct Store {
     connection: Connection,
     path: PathBuf,
+    read_only: bool,
 }
 
 impl Store {
@@ -205,10 +228,13 @@ impl Store {
     /// Fails when the file cannot be opened or created, is not an imgsim
     /// database, or was written by a newer imgsim.
     pub fn open(path: &Path, mode: OpenMode) -> Result<Store, StoreError> {
-        if mode == OpenMode::MustExist && !path.exists() {
+        if mode != OpenMode::CreateIfMissing && !path.exists() {
             return Err(StoreError::Missing {
                 path: path.to_path_buf(),
             });
+        }
+        if mode == OpenMode::ReadOnly {
+            return Store::open_read_only(path);
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
@@ -223,6 +249,7 @@ impl Store {
         let mut store = Store {
             connection,
             path: path.to_path_buf(),
+            read_only: false,
         };
         store.configure()?;
         let found = apply_migrations(&mut store.connection).map_err(|error| match error {
@@ -237,6 +264,43 @@ impl Store {
             },
         });
         found.map(|_| store)
+    }
+
+    fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let error = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(path, flags).map_err(error)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(error)?;
+        let found: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(error)?;
+        let supported = MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                supported,
+            });
+        }
+        if found < supported {
+            return Err(StoreError::NeedsUpgrade {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Store {
+            connection,
+            path: path.to_path_buf(),
+            read_only: true,
+        })
+    }
+
+    /// Whether the database was opened for reading only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Sets the connection pragmas, which are not part of any migration
@@ -310,16 +374,24 @@ impl Store {
         if stored == model {
             return Ok(());
         }
+        let preprocessing_note = if stored.preprocessing == model.preprocessing {
+            String::new()
+        } else {
+            format!(
+                ", and the preprocessing differs (database: \"{}\", this build: \"{}\")",
+                stored.preprocessing, model.preprocessing
+            )
+        };
+        let short = |sha256: &str| sha256.chars().take(12).collect::<String>();
         Err(StoreError::ModelMismatch {
             path: self.path.clone(),
             stored_name: stored.name.clone(),
-            stored_sha256: stored.sha256.clone(),
+            stored_sha256_short: short(&stored.sha256),
             stored_dimension: stored.dimension,
-            stored_preprocessing: stored.preprocessing.clone(),
             name: model.name.clone(),
-            sha256: model.sha256.clone(),
+            sha256_short: short(&model.sha256),
             dimension: model.dimension,
-            preprocessing: model.preprocessing.clone(),
+            preprocessing_note,
         })
     }
 

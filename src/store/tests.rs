@@ -189,7 +189,8 @@ fn other_model_is_rejected() {
     let message = error.to_string();
     assert!(matches!(error, StoreError::ModelMismatch { .. }));
     assert!(message.contains("first"), "{message}");
-    assert!(message.contains("Re-index"), "{message}");
+    assert!(message.contains("--model"), "{message}");
+    assert!(message.contains("--db NEW.db"), "{message}");
     assert!(store.check_model(&identity("second")).is_err());
 }
 

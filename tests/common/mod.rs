@@ -19,7 +19,8 @@ pub fn shared_dir() -> PathBuf {
         "test data not found at {}; the tests need the shared/ folder beside the checkout",
         dir.display()
     );
-    dir
+    // imgsim stores canonical paths, so the tests compare against them.
+    dir.canonicalize().unwrap()
 }
 
 pub fn photos_dir() -> PathBuf {
