@@ -3,7 +3,7 @@
 //! The database records which files hold the graph, the generation of the
 //! images table they match, and the largest image id they cover. Image ids
 //! are never reused, so bringing a saved graph up to date means inserting
-//! the rows with larger ids; rows deleted since stay in the graph as
+//! the rows with larger ids. Rows deleted since stay in the graph as
 //! tombstones that searches skip. When tombstones pass
 //! [`MAX_TOMBSTONE_SHARE`] of the graph, or the saved files are missing,
 //! truncated, foreign or built with other parameters, the graph is rebuilt
@@ -27,7 +27,7 @@ pub enum AnnCacheError {
     Ann(#[from] AnnError),
 }
 
-/// How the graph was obtained.
+/// Origin of a graph: loaded as saved, updated, or rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freshness {
     /// The saved files matched the database.
@@ -47,7 +47,7 @@ pub struct LiveIndex {
 }
 
 impl LiveIndex {
-    /// Whether `id` is an image that still exists, not a tombstone.
+    /// Returns whether `id` is an image that still exists, not a tombstone.
     pub fn is_live(&self, id: i64) -> bool {
         self.live_ids.contains(&id)
     }
@@ -96,8 +96,8 @@ pub fn load_current(
     })
 }
 
-/// The build parameters of the saved graph, or the defaults when there is
-/// none.
+/// Returns the build parameters of the saved graph, or the defaults when
+/// there is none.
 pub fn saved_build_params(store: &Store) -> Result<AnnParams, StoreError> {
     let defaults = AnnParams::default();
     Ok(match store.ann_record()? {

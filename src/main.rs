@@ -18,8 +18,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether the error is stdout closed by its reader, as in
-/// `imgsim query X | head -1`; that ends the command normally.
+/// Returns whether the error is stdout closed by its reader, as in
+/// `imgsim query X | head -1`, which ends the command normally.
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause

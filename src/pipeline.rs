@@ -64,7 +64,8 @@ pub struct IndexReport {
     /// Roots that exist and could be examined; zero means nothing given on
     /// the command line could be indexed.
     pub readable_roots: usize,
-    /// What the run decided to do; in a dry run, what it would do.
+    /// The run's decisions per file; in a dry run, the decisions it would
+    /// carry out.
     pub plan: Plan,
     /// Files decoded (successfully or not) in this run.
     pub decoded: usize,
@@ -233,8 +234,8 @@ fn embed_all(
     result
 }
 
-/// The reason on one line: decoders' messages may end in or contain line
-/// breaks, which would split a `path: reason` line.
+/// Returns the reason on one line, because decoders' messages may end in or
+/// contain line breaks, which would split a `path: reason` line.
 fn one_line(reason: &str) -> String {
     reason.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -4,8 +4,8 @@
 //! symbolic link to that folder all store the same paths.
 //! A root that is a file is always a candidate, whatever its name. Inside a
 //! folder, files are candidates when their extension is one of the image
-//! extensions below (case-insensitive); the content is sniffed later, so a
-//! PNG named `.jpg` is still decoded correctly. Only regular files are
+//! extensions below, in any case. The content is sniffed later, so a PNG
+//! named `.jpg` is still decoded correctly. Only regular files are
 //! candidates: FIFOs, sockets and devices are skipped without being opened.
 //! Symbolic links are not followed unless asked; when they are, a link that
 //! leads back to one of its own parent folders is reported as a loop and
@@ -181,7 +181,7 @@ pub fn file_state(metadata: &std::fs::Metadata) -> FileState {
     }
 }
 
-/// Whether the file name ends in one of [`IMAGE_EXTENSIONS`].
+/// Returns whether the file name ends in one of [`IMAGE_EXTENSIONS`].
 pub fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|ext| ext.to_str())

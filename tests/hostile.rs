@@ -35,7 +35,7 @@ fn gradient(width: u32, height: u32) -> RgbImage {
     })
 }
 
-/// The JPEG without its APP1 (EXIF and XMP) segments.
+/// Returns the JPEG without its APP1 (EXIF and XMP) segments.
 fn without_app1(jpeg: &[u8]) -> Vec<u8> {
     assert_eq!(&jpeg[..2], [0xFF, 0xD8]);
     let mut kept = vec![0xFF, 0xD8];
@@ -52,7 +52,8 @@ fn without_app1(jpeg: &[u8]) -> Vec<u8> {
     kept
 }
 
-/// The JPEG with its own APP1 segments replaced by one holding `payload`.
+/// Returns the JPEG with its own APP1 segments replaced by one containing
+/// `payload`.
 fn with_app1(jpeg: &[u8], payload: &[u8]) -> Vec<u8> {
     let jpeg = without_app1(jpeg);
     let length = u16::try_from(payload.len() + 2).unwrap();
@@ -343,7 +344,7 @@ fn hostile_files_are_indexed_or_reported() {
     }
     assert_eq!(summary["failed"], expected_failures.len());
 
-    // The --failures file holds the same failures, one JSON object a line.
+    // The --failures file contains the same failures, one JSON object a line.
     let lines: Vec<Value> = std::fs::read_to_string(&failures_file)
         .unwrap()
         .lines()

@@ -104,7 +104,7 @@ fn exit_status(report: &IndexReport) -> Status {
 }
 
 /// Sets the returned flag on the first Ctrl-C so the run stops after the
-/// current batch; a second Ctrl-C ends the process at once, which is safe
+/// current batch. A second Ctrl-C ends the process at once, which is safe
 /// because every committed batch is durable.
 fn install_interrupt_handler() -> anyhow::Result<Arc<AtomicBool>> {
     let cancel = Arc::new(AtomicBool::new(false));

@@ -83,8 +83,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the error comes from a database or folder that cannot be
-    /// written, so that opening it read-only may still work.
+    /// Returns whether the error comes from a database or folder that cannot
+    /// be written, so that opening it read-only may still work.
     pub fn is_read_only(&self) -> bool {
         let StoreError::Sqlite { source, .. } = self else {
             return false;
@@ -130,8 +130,8 @@ pub struct NewImage {
     pub vector: Vec<f32>,
 }
 
-/// What the database holds about one indexed file, for deciding whether it
-/// needs work.
+/// The stored state of one indexed file, used to decide whether it needs
+/// work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredFile {
     pub id: i64,
@@ -149,7 +149,7 @@ pub enum Change {
         path: PathBuf,
         state: FileState,
     },
-    /// `path` holds the same bytes as row `source_id`: a new row reuses that
+    /// `path` contains the same bytes as row `source_id`: a new row reuses that
     /// row's vector and metadata. A row already at `path` is replaced.
     Copy {
         source_id: i64,
@@ -298,7 +298,7 @@ impl Store {
         })
     }
 
-    /// Whether the database was opened for reading only.
+    /// Returns whether the database was opened for reading only.
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }
@@ -325,7 +325,7 @@ impl Store {
         }
     }
 
-    /// The database file this store was opened from.
+    /// Returns the database file this store was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -395,7 +395,8 @@ impl Store {
         })
     }
 
-    /// The model recorded in the database, if any image was ever indexed.
+    /// Returns the model recorded in the database, if any image was ever
+    /// indexed.
     pub fn stored_model(&self) -> Result<Option<ModelIdentity>, StoreError> {
         self.connection
             .query_row(
@@ -508,8 +509,8 @@ impl Store {
             .map_err(|e| self.error(e))
     }
 
-    /// The counter that changes with every insert, update or delete of an
-    /// image row, maintained by triggers.
+    /// Returns the counter that triggers change with every insert, update
+    /// or delete of an image row.
     pub fn data_generation(&self) -> Result<i64, StoreError> {
         read_generation(&self.connection).map_err(|e| self.error(e))
     }
@@ -598,7 +599,7 @@ impl Store {
         Ok(records)
     }
 
-    /// The saved HNSW files recorded in the database, if any.
+    /// Returns the saved HNSW files recorded in the database, if any.
     pub fn ann_record(&self) -> Result<Option<AnnRecord>, StoreError> {
         self.connection
             .query_row(

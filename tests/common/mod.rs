@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The folder of reference photos and models beside the checkout.
+/// Returns the folder of reference photos and models beside the checkout.
 pub fn shared_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
     assert!(
@@ -31,7 +31,8 @@ pub fn imagededup_dir() -> PathBuf {
     shared_dir().join("testdata/imagededup")
 }
 
-/// The (photo, thumbnail) pairs listed in `photos/groups.json`, photo first.
+/// Returns the (photo, thumbnail) pairs listed in `photos/groups.json`,
+/// photo first.
 pub fn photo_thumbnail_pairs() -> Vec<(PathBuf, PathBuf)> {
     let text = std::fs::read_to_string(photos_dir().join("groups.json")).unwrap();
     let groups: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
@@ -78,7 +79,7 @@ impl From<Output> for Run {
     }
 }
 
-/// A command for the built binary with `--db database`.
+/// Returns a command for the built binary with `--db database`.
 pub fn imgsim(database: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_imgsim"));
     command.arg("--db").arg(database);
