@@ -6,14 +6,12 @@
 //! saved files are missing, stale or damaged.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::api::AnnT;
 use hnsw_rs::hnsw::Hnsw;
 use hnsw_rs::hnswio::HnswIo;
-use sha2::{Digest, Sha256};
 
 /// Default number of links per node and layer (HNSW's `M`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 24;
@@ -25,9 +23,6 @@ pub const DEFAULT_EF_SEARCH: usize = 128;
 
 /// hnsw_rs caps the number of layers at 16.
 const MAX_LAYERS: usize = 16;
-
-/// Bytes read from each end of a saved file for its digest.
-const DIGEST_SAMPLE_BYTES: u64 = 1 << 20;
 
 /// Graph parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +211,7 @@ impl AnnIndex {
                 path: from.clone(),
                 source,
             })?;
-            sizes_and_digests.push(sampled_digest(&from)?);
+            sizes_and_digests.push(file_digest(&from)?);
             std::fs::rename(&from, &to).map_err(|source| AnnError::Io {
                 path: to.clone(),
                 source,
@@ -279,7 +274,7 @@ fn check_file(path: &Path, size: u64, digest: &str) -> Result<(), AnnError> {
         path: path.to_path_buf(),
         reason,
     };
-    let (found_size, found_digest) = match sampled_digest(path) {
+    let (found_size, found_digest) = match file_digest(path) {
         Ok(found) => found,
         Err(AnnError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Err(mismatch("file is missing".to_string()))
@@ -295,39 +290,21 @@ fn check_file(path: &Path, size: u64, digest: &str) -> Result<(), AnnError> {
     Ok(())
 }
 
-/// Returns the file's size and a SHA-256 over its size and its first and
-/// last MiB. Reading whole files would cost seconds on large indexes at
-/// every query; the sizes catch truncation and the samples catch files from
-/// another build.
-// NOTE: damage confined to the middle of a file larger than 2 MiB is not
-// detected by this digest.
-pub fn sampled_digest(path: &Path) -> Result<(u64, String), AnnError> {
+/// Returns the file's size and the BLAKE3 hash of its whole content, read
+/// through [`crate::files::open_regular`] so a FIFO put in its place cannot
+/// block. Damage anywhere in a file changes the digest; hnsw_rs aborts or
+/// allocates without bound on some damaged files, so nothing is loaded
+/// unchecked.
+pub fn file_digest(path: &Path) -> Result<(u64, String), AnnError> {
     let io_error = |source| AnnError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io_error)?;
+    let file = crate::files::open_regular(path).map_err(io_error)?;
     let size = file.metadata().map_err(io_error)?.len();
-    let mut hasher = Sha256::new();
-    hasher.update(size.to_le_bytes());
-    let mut buffer = vec![0u8; DIGEST_SAMPLE_BYTES.min(size) as usize];
-    file.read_exact(&mut buffer).map_err(io_error)?;
-    hasher.update(&buffer);
-    if size > DIGEST_SAMPLE_BYTES {
-        let tail_start = size
-            .saturating_sub(DIGEST_SAMPLE_BYTES)
-            .max(DIGEST_SAMPLE_BYTES);
-        file.seek(SeekFrom::Start(tail_start)).map_err(io_error)?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail).map_err(io_error)?;
-        hasher.update(&tail);
-    }
-    let digest = hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    Ok((size, digest))
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(file).map_err(io_error)?;
+    Ok((size, hasher.finalize().to_hex().to_string()))
 }
 
 /// Syncs a folder so that renames inside it survive a power loss; failures
@@ -427,6 +404,23 @@ mod tests {
         file.set_len(saved.data_size / 2).unwrap();
         let error = AnnIndex::load(dir.path(), "t", &saved).err().unwrap();
         assert!(matches!(error, AnnError::Mismatch { .. }), "{error}");
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = AnnIndex::build(&sample_vectors(), &AnnParams::default());
+        let saved = index.save(dir.path(), "d").unwrap();
+        let data = dir.path().join("d.hnsw.data");
+        let mut bytes = std::fs::read(&data).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&data, bytes).unwrap();
+        let error = AnnIndex::load(dir.path(), "d", &saved).err().unwrap();
+        assert!(
+            error.to_string().contains("content digest differs"),
+            "{error}"
+        );
     }
 
     #[test]

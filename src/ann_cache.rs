@@ -245,6 +245,7 @@ fn save(
             if let Some(previous) = previous_basename.filter(|p| *p != basename) {
                 remove_saved(&dir, &previous);
             }
+            remove_leftovers(&dir, &file_name_of(store.path()), &basename);
         }
         AnnSwap::Stale => {
             tracing::debug!("images changed while the HNSW index was built; not recording it");
@@ -272,6 +273,53 @@ fn remove_saved(dir: &Path, basename: &str) {
             }
         }
     }
+}
+
+/// Removes HNSW files and staging folders of this database left behind by
+/// processes that were killed while saving: names of the form
+/// `[.]<database>.ann-<generation>-<pid>...` whose process no longer runs,
+/// other than `keep`.
+fn remove_leftovers(dir: &Path, database_name: &str, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{database_name}.ann-");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.trim_start_matches('.').strip_prefix(&prefix) else {
+            continue;
+        };
+        if name.trim_start_matches('.').starts_with(keep) {
+            continue;
+        }
+        let Some(pid) = rest
+            .split(['.', '-'])
+            .nth(1)
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || process_is_running(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => tracing::debug!("removed leftover HNSW file {}", path.display()),
+            Err(error) => tracing::debug!("cannot remove leftover {}: {error}", path.display()),
+        }
+    }
+}
+
+/// Returns whether a process with this id runs. Where that cannot be told
+/// (no `/proc`), every process counts as running, so nothing is removed.
+fn process_is_running(pid: u32) -> bool {
+    let proc_root = Path::new("/proc");
+    !proc_root.join("self").exists() || proc_root.join(pid.to_string()).exists()
 }
 
 fn folder_of(database: &Path) -> PathBuf {

@@ -40,7 +40,7 @@ pub struct GlobalArgs {
 
     /// Threads for inference and decoding; more than the number of cores
     /// slows both down [default: number of CPU cores]
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
 
     /// Log more: -v for progress notes, -vv for debugging

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod decode;
 pub mod exit;
+pub mod files;
 pub mod model;
 pub mod paths;
 pub mod pipeline;

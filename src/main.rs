@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Ok(status) => status.into(),
         Err(error) if is_broken_pipe(&error) => Status::Success.into(),
         Err(error) => {
-            eprintln!("error: {}", error_message(&error));
+            eprintln!("error: {}", escape_controls(&error_message(&error)));
             Status::Error.into()
         }
     }
@@ -44,6 +44,21 @@ fn error_message(error: &anyhow::Error) -> String {
         message.push_str(text);
     }
     message
+}
+
+/// Escapes control characters, so that a file name quoted in a message
+/// cannot move the cursor or recolour the terminal.
+fn escape_controls(message: &str) -> String {
+    message
+        .chars()
+        .map(|character| {
+            if character.is_control() {
+                character.escape_default().to_string()
+            } else {
+                character.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Logs go to stderr, coloured only on a terminal; `IMGSIM_LOG` (a tracing

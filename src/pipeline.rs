@@ -234,6 +234,16 @@ fn embed_all(
     result
 }
 
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text.to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
 /// Returns the reason on one line, because decoders' messages may end in or
 /// contain line breaks, which would split a `path: reason` line.
 fn one_line(reason: &str) -> String {
@@ -257,12 +267,17 @@ fn prepare_one(
     observer: &dyn IndexObserver,
 ) -> Result<Prepared, Failure> {
     let candidate = &item.candidate;
-    let decoded = decode_file(&candidate.path, options).map_err(|error| Failure {
+    let decode_failure = |reason: String| Failure {
         path: candidate.path.clone(),
         stage: Stage::Decode,
-        reason: one_line(&error.reason()),
-    })?;
-    if let Some(warning) = &decoded.orientation_warning {
+        reason: one_line(&reason),
+    };
+    // The image crate reports some allocation failures by panicking; one
+    // such file must not end the run.
+    let decoded = std::panic::catch_unwind(|| decode_file(&candidate.path, options))
+        .map_err(|panic| decode_failure(format!("decoder failed: {}", panic_message(&panic))))?
+        .map_err(|error| decode_failure(error.reason()))?;
+    for warning in &decoded.warnings {
         observer.warning(&candidate.path, warning);
     }
     let mut tensor = vec![0.0; TENSOR_LEN];

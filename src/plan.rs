@@ -76,7 +76,7 @@ impl Plan {
 /// Returns the BLAKE3 hash of the file's content.
 pub fn fingerprint_file(path: &Path) -> std::io::Result<Fingerprint> {
     let mut hasher = blake3::Hasher::new();
-    let file = std::fs::File::open(path)?;
+    let file = crate::files::open_regular(path)?;
     hasher.update_reader(file)?;
     Ok(*hasher.finalize().as_bytes())
 }
@@ -267,6 +267,7 @@ fn read_reason(error: &std::io::Error) -> String {
     match error.kind() {
         ErrorKind::NotFound => "cannot read: file disappeared during the scan".to_string(),
         ErrorKind::PermissionDenied => "cannot read: permission denied".to_string(),
+        ErrorKind::InvalidInput => "cannot read: no longer a regular file".to_string(),
         _ => format!("cannot read: {error}"),
     }
 }

@@ -269,7 +269,7 @@ fn help_states_defaults() {
         "about 10 MB of memory during inference [default: 16]",
         "[default: 24]",
         "(ef_construction) [default: 200]",
-        "[default: 200000000]",
+        "[default: 100000000]",
         "the IMGSIM_DB environment variable sets it too",
     ] {
         assert!(
@@ -368,4 +368,33 @@ fn empty_database_variable_means_default() {
         "{}",
         result.stderr
     );
+}
+
+#[test]
+fn leftovers_of_killed_saves_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    // A process id above the kernel's maximum (4194304) never runs.
+    let staging = dir.path().join(".db.sqlite.ann-3-99999999.staging");
+    let orphan = dir.path().join("db.sqlite.ann-3-99999999.hnsw.data");
+    let unrelated = dir.path().join("other.sqlite.ann-3-99999999.hnsw.data");
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::write(staging.join("graph.hnsw.data"), b"partial").unwrap();
+    std::fs::write(&orphan, b"orphan").unwrap();
+    std::fs::write(&unrelated, b"another database's").unwrap();
+    let (result, _) = index(&database, &some_photos(2));
+    assert_eq!(result.status, 0, "{}", result.stderr);
+    assert!(!staging.exists());
+    assert!(!orphan.exists());
+    assert!(unrelated.exists());
+    let current: Vec<_> = hnsw_files(&database)
+        .into_iter()
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("db.sqlite.ann-")
+        })
+        .collect();
+    assert_eq!(current.len(), 2, "the current graph stays: {current:?}");
 }

@@ -324,7 +324,7 @@ fn hostile_files_are_indexed_or_reported() {
         (
             &huge,
             "decode",
-            "20000x20000 = 400000000 pixels, over the limit of 200000000 (--max-pixels)",
+            "20000x20000 = 400000000 pixels, over the limit of 100000000 (--max-pixels)",
         ),
     ];
     for (path, stage, reason) in &expected_failures {
@@ -396,6 +396,20 @@ fn hostile_files_are_indexed_or_reported() {
     }
     assert_eq!(stored.len(), expected_rows.len(), "{:?}", stored.keys());
     assert_eq!(summary["indexed"], expected_rows.len());
+
+    // A JPEG cut short is decoded as far as it goes, with a warning.
+    assert!(
+        result
+            .stderr
+            .contains("truncated.jpg: JPEG end marker missing"),
+        "{}",
+        result.stderr
+    );
+    assert!(
+        !result.stderr.contains("trailing.jpg: JPEG end marker"),
+        "{}",
+        result.stderr
+    );
 
     // Unusable EXIF data gives a warning and the picture as stored.
     assert!(
@@ -608,5 +622,78 @@ fn file_vanishing_after_scan_is_reported() {
     assert_eq!(
         plan.read_failures[0].reason,
         "cannot read: file disappeared during the scan"
+    );
+}
+
+#[test]
+fn file_replaced_by_fifo_after_scan_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("swapped.jpg");
+    std::fs::copy(photo(11), &file).unwrap();
+    let scan = imgsim::scan::scan_roots(&[dir.path().to_path_buf()], &Default::default());
+    std::fs::remove_file(&file).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap()
+        .success());
+    let plan = imgsim::plan::plan_run(&scan, &Default::default());
+    assert_eq!(plan.read_failures.len(), 1);
+    assert_eq!(
+        plan.read_failures[0].reason,
+        "cannot read: no longer a regular file"
+    );
+}
+
+#[test]
+fn fifo_as_query_or_hnsw_file_does_not_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let (run, _) = common::index(&database, &[photo(12), photo(13)]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+
+    let fifo = dir.path().join("query.jpg");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let result = common::run(&database, ["query".as_ref(), fifo.as_os_str()]);
+    assert_eq!(result.status, 1, "{}", result.stderr);
+    assert!(
+        result.stderr.contains("not a regular file"),
+        "{}",
+        result.stderr
+    );
+
+    let graph = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().ends_with(".hnsw.graph"))
+        .unwrap();
+    std::fs::remove_file(&graph).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&graph)
+        .status()
+        .unwrap()
+        .success());
+    let results = common::query(&database, &photo(12), 2);
+    assert_eq!(results[0].0, photo(12));
+}
+
+#[test]
+fn control_characters_in_error_paths_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let (run, _) = common::index(&database, &[photo(14)]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let missing = dir.path().join("gone\x1b[2J.jpg");
+    let result = common::run(&database, ["query".as_ref(), missing.as_os_str()]);
+    assert_eq!(result.status, 1);
+    assert!(!result.stderr.contains('\x1b'), "{:?}", result.stderr);
+    assert!(
+        result.stderr.contains("gone\\u{1b}[2J.jpg"),
+        "{:?}",
+        result.stderr
     );
 }

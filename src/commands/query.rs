@@ -57,8 +57,10 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
         max_pixels: args.max_pixels,
     };
     let decoded = decode_file(&args.image, &options)?;
-    if let (Some(warning), false) = (&decoded.orientation_warning, global.quiet) {
-        eprintln!("warning: {}: {warning}", display_path(&args.image));
+    if !global.quiet {
+        for warning in &decoded.warnings {
+            eprintln!("warning: {}: {warning}", display_path(&args.image));
+        }
     }
     let mut tensor = vec![0.0; TENSOR_LEN];
     fill_tensor(&decoded.pixels, &mut tensor)

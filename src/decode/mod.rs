@@ -19,8 +19,22 @@ use image::{
 };
 
 /// Default cap on decoded pixels (width x height), checked from the header
-/// before the pixel buffer is allocated.
-pub const DEFAULT_MAX_PIXELS: u64 = 200_000_000;
+/// before the pixel buffer is allocated: 100 megapixels, above the largest
+/// camera sensors in common use, and at most about 1.2 GB of memory for a
+/// 16-bit RGBA picture and its 8-bit copy.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// Largest bytes per pixel of any decoded colour type (16-bit RGBA); the
+/// decoder's allocations are capped at `max_pixels` times this, which also
+/// bounds frames larger than the size a header announces.
+const MAX_DECODED_BYTES_PER_PIXEL: u64 = 8;
+
+/// Pictures above this many pixels are decoded one at a time across all
+/// threads, so that parallel decoding of several huge files cannot multiply
+/// the peak memory.
+const LARGE_PICTURE_PIXELS: u64 = 20_000_000;
+
+static LARGE_PICTURE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Compressed bytes allowed per pixel of the cap: a file larger than
 /// `max_pixels` times this is rejected before it is read, because no
@@ -54,9 +68,10 @@ pub struct DecodedImage {
     pub format: String,
     /// More than one frame; the first was decoded.
     pub animated: bool,
-    /// Set when the EXIF data is malformed or its orientation invalid; the
-    /// picture is then used as stored, without rotation.
-    pub orientation_warning: Option<String>,
+    /// Problems that did not stop decoding: malformed EXIF data or an
+    /// invalid orientation (the picture is then used as stored), or a
+    /// truncated file (what is there was decoded).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +141,8 @@ pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<DecodedImage,
         path: path.to_path_buf(),
         source,
     };
-    let size = std::fs::metadata(path).map_err(io_error)?.len();
+    let mut file = crate::files::open_regular(path).map_err(io_error)?;
+    let size = file.metadata().map_err(io_error)?.len();
     let limit = options
         .max_pixels
         .saturating_mul(MAX_FILE_BYTES_PER_PIXEL)
@@ -138,7 +154,8 @@ pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<DecodedImage,
             limit,
         });
     }
-    let bytes = std::fs::read(path).map_err(io_error)?;
+    let mut bytes = Vec::with_capacity(size as usize);
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io_error)?;
     decode_bytes(path, &bytes, options)
 }
 
@@ -161,7 +178,26 @@ pub fn decode_bytes(
     };
     let mut decoded = decode_reader(path, reader, format, options)?;
     decoded.animated = is_animated(format, bytes);
+    if format == ImageFormat::Jpeg && !has_end_after_last_scan(bytes) {
+        let warning = "JPEG end marker missing after the last scan: the file is probably \
+                       truncated, and only what is there was decoded";
+        decoded.warnings.push(warning.to_string());
+    }
     Ok(decoded)
+}
+
+/// Returns whether an end-of-image marker (FF D9) follows the last
+/// start-of-scan marker (FF DA). Inside scan data a 0xFF byte is always
+/// followed by 0x00 or a restart marker, so these two byte pairs are
+/// markers wherever they appear after the headers; an EXIF thumbnail's own
+/// markers come before the main image's first scan.
+fn has_end_after_last_scan(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|pair| pair == [0xFF, 0xDA]);
+    let last_end = bytes.windows(2).rposition(|pair| pair == [0xFF, 0xD9]);
+    match (last_scan, last_end) {
+        (Some(scan), Some(end)) => end > scan,
+        _ => false,
+    }
 }
 
 fn decode_reader<R: std::io::BufRead + std::io::Seek>(
@@ -187,8 +223,15 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
         });
     }
     let mut limits = Limits::default();
-    limits.max_alloc = Some(options.max_pixels.saturating_mul(16).max(64 << 20));
+    limits.max_alloc = Some(
+        options
+            .max_pixels
+            .saturating_mul(MAX_DECODED_BYTES_PER_PIXEL)
+            .max(1 << 20),
+    );
     decoder.set_limits(limits).map_err(image_error)?;
+    let _one_at_a_time = (pixels > LARGE_PICTURE_PIXELS)
+        .then(|| LARGE_PICTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner()));
     let (orientation, orientation_warning) = read_orientation(&mut decoder);
     let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
     image.apply_orientation(orientation);
@@ -196,7 +239,7 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
         pixels: to_rgb8(image),
         format: format_name(format),
         animated: false,
-        orientation_warning,
+        warnings: orientation_warning.into_iter().collect(),
     })
 }
 

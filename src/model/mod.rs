@@ -87,6 +87,10 @@ impl Embedder {
             .map_err(|e| load_error(e.to_string()))?
             .with_intra_threads(threads.max(1))
             .map_err(|e| load_error(e.to_string()))?
+            // Errors reach the caller as values; ONNX Runtime's own log
+            // lines would only repeat them on stderr.
+            .with_log_level(ort::logging::LogLevel::Fatal)
+            .map_err(|e| load_error(e.to_string()))?
             .commit_from_memory(&bytes)
             .map_err(|e| load_error(e.to_string()))?;
         let (input_name, output_name, dimension) = check_signature(&session, &name)?;

@@ -69,6 +69,11 @@ pub enum StoreError {
         preprocessing_note: String,
     },
     #[error(
+        "{path}: not an imgsim database (it has tables of another program); \
+         pass --db with a new file name"
+    )]
+    Foreign { path: PathBuf },
+    #[error(
         "{path}: the database is read-only and its schema is older than this imgsim's; \
          run `imgsim index` once with write access to upgrade it"
     )]
@@ -251,6 +256,11 @@ impl Store {
             path: path.to_path_buf(),
             read_only: false,
         };
+        store
+            .connection
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| store.error(e))?;
+        store.check_is_imgsim_database()?;
         store.configure()?;
         let found = apply_migrations(&mut store.connection).map_err(|error| match error {
             migrations::MigrationError::TooNew { found, supported } => StoreError::TooNew {
@@ -303,12 +313,31 @@ impl Store {
         self.read_only
     }
 
+    /// Rejects, before anything is written, a file that is not an imgsim
+    /// database: not SQLite at all, or SQLite with tables of another
+    /// program. An empty database, or one with imgsim's `counters` table,
+    /// passes.
+    fn check_is_imgsim_database(&self) -> Result<(), StoreError> {
+        let tables: Vec<String> = self
+            .connection
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
+            })
+            .map_err(|e| self.error(e))?;
+        if tables.is_empty() || tables.iter().any(|name| name == "counters") {
+            return Ok(());
+        }
+        Err(StoreError::Foreign {
+            path: self.path.clone(),
+        })
+    }
+
     /// Sets the connection pragmas, which are not part of any migration
     /// because they apply to a connection rather than to the schema.
     fn configure(&mut self) -> Result<(), StoreError> {
-        self.connection
-            .busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| self.error(e))?;
         self.connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL;

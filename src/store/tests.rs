@@ -109,6 +109,29 @@ fn newer_schema_is_rejected() {
 }
 
 #[test]
+fn foreign_database_is_rejected_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .execute_batch("CREATE TABLE images (name TEXT); PRAGMA user_version = 7;")
+            .unwrap();
+    }
+    let error = Store::open(&path, OpenMode::CreateIfMissing).err().unwrap();
+    assert!(matches!(error, StoreError::Foreign { .. }), "{error}");
+    let connection = Connection::open(&path).unwrap();
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete", "the journal mode was changed");
+    let version: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 7);
+}
+
+#[test]
 fn missing_database_is_reported_for_must_exist() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent.db");
