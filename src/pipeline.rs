@@ -137,7 +137,11 @@ pub fn index_roots(
     report.scanned = scan.candidates.len();
     report.readable_roots = scan.readable_roots;
     let stored = store.stored_files()?;
-    let mut plan = plan_run(&scan, &stored);
+    let Some(mut plan) = plan_run(&scan, &stored, cancel) else {
+        report.interrupted = true;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    };
     drop(stored);
     for failure in std::mem::take(&mut plan.read_failures) {
         record_failure(

@@ -20,6 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -82,8 +83,14 @@ pub fn fingerprint_file(path: &Path) -> std::io::Result<Fingerprint> {
 }
 
 /// Works out what to do with the scanned files, given what the database
-/// holds (`stored`, keyed by raw path bytes).
-pub fn plan_run(scan: &ScanResult, stored: &HashMap<Vec<u8>, StoredFile>) -> Plan {
+/// contains (`stored`, keyed by raw path bytes). Returns `None` when
+/// `cancel` is set while files are being fingerprinted, since a partial
+/// plan could take a moved file for a deleted one.
+pub fn plan_run(
+    scan: &ScanResult,
+    stored: &HashMap<Vec<u8>, StoredFile>,
+    cancel: &AtomicBool,
+) -> Option<Plan> {
     let mut plan = Plan::default();
     let mut work = Vec::new();
     let mut seen = HashSet::with_capacity(scan.candidates.len());
@@ -100,8 +107,16 @@ pub fn plan_run(scan: &ScanResult, stored: &HashMap<Vec<u8>, StoredFile>) -> Pla
 
     let fingerprinted: Vec<_> = work
         .par_iter()
-        .map(|(candidate, _)| fingerprint_file(&candidate.path))
+        .map(|(candidate, _)| {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from(ErrorKind::Interrupted));
+            }
+            fingerprint_file(&candidate.path)
+        })
         .collect();
+    if cancel.load(Ordering::SeqCst) {
+        return None;
+    }
     let (gone, empty_roots) = gone_rows(&scan.walked_roots, stored, &seen);
     plan.empty_roots = empty_roots;
 
@@ -151,7 +166,7 @@ pub fn plan_run(scan: &ScanResult, stored: &HashMap<Vec<u8>, StoredFile>) -> Pla
             plan.removed.push(path);
         }
     }
-    plan
+    Some(plan)
 }
 
 /// Rows that a file with known content can be matched against.
@@ -269,5 +284,34 @@ fn read_reason(error: &std::io::Error) -> String {
         ErrorKind::PermissionDenied => "cannot read: permission denied".to_string(),
         ErrorKind::InvalidInput => "cannot read: no longer a regular file".to_string(),
         _ => format!("cannot read: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::{scan_roots, ScanOptions};
+
+    #[test]
+    fn cancelled_fingerprinting_gives_no_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jpg"), b"bytes").unwrap();
+        let scan = scan_roots(&[dir.path().to_path_buf()], &ScanOptions::default());
+        let cancel = AtomicBool::new(true);
+        assert!(plan_run(&scan, &HashMap::new(), &cancel).is_none());
+    }
+
+    #[test]
+    fn new_file_is_fingerprinted_and_embedded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jpg"), b"bytes").unwrap();
+        let scan = scan_roots(&[dir.path().to_path_buf()], &ScanOptions::default());
+        let plan = plan_run(&scan, &HashMap::new(), &AtomicBool::new(false)).unwrap();
+        assert_eq!(plan.to_embed.len(), 1);
+        assert_eq!(plan.added(), 1);
+        assert_eq!(
+            plan.to_embed[0].fingerprint,
+            *blake3::hash(b"bytes").as_bytes()
+        );
     }
 }

@@ -615,7 +615,7 @@ fn file_vanishing_after_scan_is_reported() {
     let scan = imgsim::scan::scan_roots(&[dir.path().to_path_buf()], &Default::default());
     assert_eq!(scan.candidates.len(), 1);
     std::fs::remove_file(&file).unwrap();
-    let plan = imgsim::plan::plan_run(&scan, &Default::default());
+    let plan = imgsim::plan::plan_run(&scan, &Default::default(), &Default::default()).unwrap();
     assert!(plan.to_embed.is_empty());
     assert_eq!(plan.read_failures.len(), 1);
     assert_eq!(plan.read_failures[0].path, file);
@@ -637,7 +637,7 @@ fn file_replaced_by_fifo_after_scan_is_reported() {
         .status()
         .unwrap()
         .success());
-    let plan = imgsim::plan::plan_run(&scan, &Default::default());
+    let plan = imgsim::plan::plan_run(&scan, &Default::default(), &Default::default()).unwrap();
     assert_eq!(plan.read_failures.len(), 1);
     assert_eq!(
         plan.read_failures[0].reason,
