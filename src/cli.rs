@@ -59,6 +59,52 @@ pub enum Command {
     Index(IndexArgs),
     /// Print the indexed images most similar to an image file
     Query(QueryArgs),
+    /// Write the feature vectors of images to a file (.npy, .csv or .jsonl),
+    /// one row per image, without using the database
+    Embed(EmbedArgs),
+}
+
+/// File formats `embed` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbedFormat {
+    /// NumPy float32 array (num_images, dimension), with the paths of the
+    /// rows in OUTPUT.rows.jsonl
+    Npy,
+    /// One line per image: the path, then the vector's values
+    Csv,
+    /// One JSON object per image: {"path": ..., "vector": [...]}
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Folders (walked in file-name order) or image files, in row order
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// File to write
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// Output format [default: from the output file's extension, else npy]
+    #[arg(long, value_enum)]
+    pub format: Option<EmbedFormat>,
+
+    /// L2-normalise each vector, as the index does; false gives the model's
+    /// raw output (for the built-in model, the globally average-pooled
+    /// activations)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub normalize: bool,
+
+    /// Images per inference batch
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE).map(|n| n as usize))]
+    pub batch_size: usize,
+
+    /// Reject images with more pixels (width x height) than this
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "PIXELS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: u64,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ macro_rules! outln {
     }};
 }
 
+mod embed;
 mod index;
 mod progress;
 mod query;
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match &cli.command {
         Command::Index(args) => index::run(&cli.global, args),
         Command::Query(args) => query::run(&cli.global, args),
+        Command::Embed(args) => embed::run(&cli.global, args),
     }
 }
 
