@@ -38,6 +38,16 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub model: Option<PathBuf>,
 
+    /// Tensor of the model to use as the embedding [default: the input of a
+    /// global pooling layer that feeds a classifier, else the first output]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub layer: Option<String>,
+
+    /// Pooling of a 4-D feature map [N,C,H,W] over H and W: mean (global
+    /// average pooling), max, gem (p = 3) or gem:P [default: mean]
+    #[arg(long, global = true, value_name = "POOL")]
+    pub pool: Option<crate::model::Pool>,
+
     /// Threads for inference and decoding; more than the number of cores
     /// slows both down [default: number of CPU cores]
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -62,6 +72,15 @@ pub enum Command {
     /// Write the feature vectors of images to a file (.npy, .csv or .jsonl),
     /// one row per image, without using the database
     Embed(EmbedArgs),
+    /// List the tensors of an ONNX model that can serve as the embedding
+    Model(ModelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// ONNX model file
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// File formats `embed` writes.

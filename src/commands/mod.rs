@@ -12,12 +12,13 @@ macro_rules! outln {
 
 mod embed;
 mod index;
+mod model;
 mod progress;
 mod query;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::exit::Status;
-use crate::model::{Embedder, ModelSource};
+use crate::model::{Embedder, ModelSource, TapOptions};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Index(args) => index::run(&cli.global, args),
         Command::Query(args) => query::run(&cli.global, args),
         Command::Embed(args) => embed::run(&cli.global, args),
+        Command::Model(args) => model::run(args),
     }
 }
 
@@ -33,7 +35,11 @@ fn load_embedder(global: &GlobalArgs) -> anyhow::Result<Embedder> {
         Some(path) => ModelSource::File(path),
         None => ModelSource::Default,
     };
-    Ok(Embedder::load(&source, global.thread_count())?)
+    let tap = TapOptions {
+        layer: global.layer.clone(),
+        pool: global.pool,
+    };
+    Ok(Embedder::load_with(&source, &tap, global.thread_count())?)
 }
 
 /// Sizes the global rayon pool used for decoding; called once, before any

@@ -1,6 +1,7 @@
 //! The embedding model: loading an ONNX model into ONNX Runtime and turning
 //! batches of preprocessed images into L2-normalised vectors.
 
+pub mod graph;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
@@ -53,11 +54,73 @@ pub enum ModelError {
     Load { name: String, message: String },
     #[error(
         "{name}: unsupported model: {message}; imgsim expects one float32 input \
-         [N,3,{INPUT_SIDE},{INPUT_SIDE}] and a float32 output [N,D]"
+         [N,3,{INPUT_SIDE},{INPUT_SIDE}] and a float32 tensor [N,D] or [N,C,H,W] \
+         (`imgsim model FILE` lists the candidates)"
     )]
     Unsupported { name: String, message: String },
     #[error("{name}: inference failed: {message}")]
     Inference { name: String, message: String },
+}
+
+/// How a 4-D feature map [N, C, H, W] becomes a vector of C values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pool {
+    /// Mean over H and W: global average pooling.
+    Mean,
+    /// Maximum over H and W.
+    Max,
+    /// Generalised mean, (mean of x^p)^(1/p), with x clamped at a small
+    /// positive value; p = 3 is common for retrieval.
+    Gem(f32),
+}
+
+impl std::str::FromStr for Pool {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Pool, String> {
+        match text {
+            "mean" => Ok(Pool::Mean),
+            "max" => Ok(Pool::Max),
+            "gem" => Ok(Pool::Gem(3.0)),
+            _ => {
+                let power = text
+                    .strip_prefix("gem:")
+                    .and_then(|p| p.parse::<f32>().ok())
+                    .filter(|p| p.is_finite() && *p > 0.0);
+                power.map(Pool::Gem).ok_or_else(|| {
+                    format!("invalid pooling {text:?}: expected mean, max, gem or gem:P with P > 0")
+                })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Pool {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pool::Mean => write!(formatter, "mean"),
+            Pool::Max => write!(formatter, "max"),
+            Pool::Gem(power) => write!(formatter, "gem:{power}"),
+        }
+    }
+}
+
+/// Which tensor of the model is the embedding, and how it is pooled.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TapOptions {
+    /// A tensor named explicitly; `None` picks one automatically (see
+    /// [`Embedder::load_with`]).
+    pub layer: Option<String>,
+    /// Pooling for 4-D tensors; mean when `None`.
+    pub pool: Option<Pool>,
+}
+
+/// The tensor the embedder reads and what it does with it.
+#[derive(Debug, Clone, PartialEq)]
+struct Tap {
+    output: String,
+    /// Set when the tensor is a 4-D feature map that imgsim pools.
+    pool: Option<Pool>,
 }
 
 /// A loaded model that embeds batches of preprocessed images.
@@ -65,47 +128,92 @@ pub struct Embedder {
     session: Session,
     identity: ModelIdentity,
     input_name: String,
-    output_name: String,
+    tap: Tap,
 }
 
 impl Embedder {
     /// Loads the model with graph optimisation level All and `threads`
-    /// intra-op threads.
+    /// intra-op threads, reading its first output.
     pub fn load(source: &ModelSource, threads: usize) -> Result<Embedder, ModelError> {
+        Embedder::load_with(source, &TapOptions::default(), threads)
+    }
+
+    /// Loads the model and chooses the tensor to embed with, in this order:
+    /// the tensor named by `options.layer`; the input of a global pooling
+    /// node that feeds a classifier, which cuts the classifier off; the
+    /// model's first output. A 2-D tensor [N, D] is used as it is, and a
+    /// 4-D one [N, C, H, W] is pooled over H and W. Tensors that are not
+    /// graph outputs are added as outputs in memory.
+    pub fn load_with(
+        source: &ModelSource,
+        options: &TapOptions,
+        threads: usize,
+    ) -> Result<Embedder, ModelError> {
         let (name, bytes) = match source {
             ModelSource::Default => (DEFAULT_MODEL_NAME.to_string(), DEFAULT_MODEL_BYTES.to_vec()),
             ModelSource::File(path) => (model_name_of(path), read_model(path)?),
         };
-        let environment = runtime::environment()?;
-        let load_error = |message: String| ModelError::Load {
+        let unsupported = |message: String| ModelError::Unsupported {
             name: name.clone(),
             message,
         };
-        let session = Session::builder(environment)
-            .map_err(|e| load_error(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| load_error(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| load_error(e.to_string()))?
-            // Errors reach the caller as values; ONNX Runtime's own log
-            // lines would only repeat them on stderr.
-            .with_log_level(ort::logging::LogLevel::Fatal)
-            .map_err(|e| load_error(e.to_string()))?
-            .commit_from_memory(&bytes)
-            .map_err(|e| load_error(e.to_string()))?;
-        let (input_name, output_name, dimension) = check_signature(&session, &name)?;
-        let identity = ModelIdentity {
-            name,
-            sha256: hex_sha256(&bytes),
-            dimension,
-            preprocessing: PREPROCESSING_DESCRIPTION.to_string(),
+        let graph = graph::read_graph(&bytes).map_err(|e| unsupported(e.to_string()))?;
+        let output_names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        let chosen = match &options.layer {
+            Some(layer) => layer.clone(),
+            None => graph::candidates(&graph)
+                .into_iter()
+                .find(|c| c.role == graph::CandidateRole::PoolingInput)
+                .map(|c| c.name)
+                .or_else(|| output_names.first().map(|o| o.to_string()))
+                .ok_or_else(|| unsupported("it has no outputs".to_string()))?,
         };
-        Ok(Embedder {
+        let runnable = if output_names.contains(&chosen.as_str()) {
+            bytes.clone()
+        } else {
+            graph::with_extra_output(&bytes, &chosen)
+        };
+        let session = build_session(&runnable, threads).map_err(|message| ModelError::Load {
+            name: name.clone(),
+            message,
+        })?;
+        let input_name = check_input(&session, &name)?;
+        let mut embedder = Embedder {
             session,
-            identity,
+            identity: ModelIdentity {
+                name: name.clone(),
+                sha256: hex_sha256(&bytes),
+                dimension: 0,
+                preprocessing: PREPROCESSING_DESCRIPTION.to_string(),
+            },
             input_name,
-            output_name,
-        })
+            tap: Tap {
+                output: chosen.clone(),
+                pool: None,
+            },
+        };
+        let rank = embedder.probe_rank()?;
+        let pool = match rank {
+            2 => None,
+            4 => Some(options.pool.unwrap_or(Pool::Mean)),
+            _ => {
+                return Err(unsupported(format!(
+                    "tensor {chosen} has {rank} dimensions; expected [N, D] or [N, C, H, W]"
+                )))
+            }
+        };
+        embedder.tap.pool = pool;
+        embedder.identity.dimension = embedder.probe_dimension()?;
+        // The identity names the tap point and pooling unless the model's
+        // first output is used as it is, as with the built-in model.
+        if options.layer.is_some()
+            || pool.is_some()
+            || output_names.first() != Some(&chosen.as_str())
+        {
+            let pooling = pool.map(|p| format!(":{p}")).unwrap_or_default();
+            embedder.identity.name = format!("{name}#{chosen}{pooling}");
+        }
+        Ok(embedder)
     }
 
     pub fn identity(&self) -> &ModelIdentity {
@@ -120,22 +228,60 @@ impl Embedder {
         Ok(raw.into_iter().map(l2_normalized).collect())
     }
 
-    /// Like [`Embedder::embed`], but returns the model's output unchanged.
+    /// Like [`Embedder::embed`], but returns the model's output (pooled when
+    /// it is a feature map) without normalising it.
     pub fn embed_raw(
         &mut self,
         tensors: &[f32],
         count: usize,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let (shape, values) = self.run(tensors, count)?;
+        let rows = match self.tap.pool {
+            None => {
+                if shape.len() != 2 || shape[0] != count {
+                    return Err(self.inference_error(format!(
+                        "tensor {} has shape {shape:?}, expected [{count}, D]",
+                        self.tap.output
+                    )));
+                }
+                values.chunks_exact(shape[1]).map(<[f32]>::to_vec).collect()
+            }
+            Some(pool) => {
+                if shape.len() != 4 || shape[0] != count {
+                    return Err(self.inference_error(format!(
+                        "tensor {} has shape {shape:?}, expected [{count}, C, H, W]",
+                        self.tap.output
+                    )));
+                }
+                pool_rows(&values, shape[1], shape[2] * shape[3], pool)
+            }
+        };
+        let expected = self.identity.dimension;
+        if let Some(row) = rows
+            .iter()
+            .find(|row| expected != 0 && row.len() != expected)
+        {
+            return Err(self.inference_error(format!(
+                "got {} values per image, expected {expected}",
+                row.len()
+            )));
+        }
+        Ok(rows)
+    }
+
+    /// Runs the model and returns the tapped tensor's shape and values.
+    fn run(&mut self, tensors: &[f32], count: usize) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
         let side = INPUT_SIDE as usize;
         assert_eq!(
             tensors.len(),
             count * TENSOR_LEN,
             "tensor buffer does not hold {count} images"
         );
-        if count == 0 {
-            return Ok(Vec::new());
-        }
         let name = self.identity.name.clone();
+        let output = self.tap.output.clone();
         let inference_error = |message: String| ModelError::Inference {
             name: name.clone(),
             message,
@@ -147,20 +293,77 @@ impl Embedder {
             .session
             .run(ort::inputs![self.input_name.as_str() => input])
             .map_err(|e| inference_error(e.to_string()))?;
-        let (shape, values) = outputs[self.output_name.as_str()]
+        let value = outputs
+            .get(output.as_str())
+            .ok_or_else(|| inference_error(format!("the model produced no tensor {output}")))?;
+        let (shape, values) = value
             .try_extract_tensor::<f32>()
-            .map_err(|e| inference_error(e.to_string()))?;
-        let dimension = self.identity.dimension;
-        if shape.len() != 2 || shape[0] as usize != count || shape[1] as usize != dimension {
-            return Err(inference_error(format!(
-                "output has shape {shape:?}, expected [{count}, {dimension}]"
-            )));
-        }
-        Ok(values
-            .chunks_exact(dimension)
-            .map(<[f32]>::to_vec)
-            .collect())
+            .map_err(|e| inference_error(format!("tensor {output} is not float32: {e}")))?;
+        let shape = shape.iter().map(|&d| d.max(0) as usize).collect();
+        Ok((shape, values.to_vec()))
     }
+
+    /// Runs one blank image to learn the tapped tensor's rank.
+    fn probe_rank(&mut self) -> Result<usize, ModelError> {
+        let blank = vec![0.0; TENSOR_LEN];
+        Ok(self.run(&blank, 1)?.0.len())
+    }
+
+    /// Runs one blank image to learn the embedding dimension.
+    fn probe_dimension(&mut self) -> Result<usize, ModelError> {
+        let blank = vec![0.0; TENSOR_LEN];
+        let rows = self.embed_raw(&blank, 1)?;
+        Ok(rows[0].len())
+    }
+
+    fn inference_error(&self, message: String) -> ModelError {
+        ModelError::Inference {
+            name: self.identity.name.clone(),
+            message,
+        }
+    }
+}
+
+/// Pools `values`, laid out as [N, channels, positions], into one row of
+/// `channels` values per image.
+fn pool_rows(values: &[f32], channels: usize, positions: usize, pool: Pool) -> Vec<Vec<f32>> {
+    values
+        .chunks_exact(channels * positions)
+        .map(|image| {
+            image
+                .chunks_exact(positions)
+                .map(|plane| pool_plane(plane, pool))
+                .collect()
+        })
+        .collect()
+}
+
+fn pool_plane(plane: &[f32], pool: Pool) -> f32 {
+    let count = plane.len() as f32;
+    match pool {
+        Pool::Mean => plane.iter().sum::<f32>() / count,
+        Pool::Max => plane.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        Pool::Gem(power) => {
+            let mean = plane.iter().map(|v| v.max(1e-6).powf(power)).sum::<f32>() / count;
+            mean.powf(1.0 / power)
+        }
+    }
+}
+
+fn build_session(bytes: &[u8], threads: usize) -> Result<Session, String> {
+    let environment = runtime::environment().map_err(|e| e.to_string())?;
+    Session::builder(environment)
+        .map_err(|e| e.to_string())?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| e.to_string())?
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| e.to_string())?
+        // Errors reach the caller as values; ONNX Runtime's own log lines
+        // would only repeat them on stderr.
+        .with_log_level(ort::logging::LogLevel::Fatal)
+        .map_err(|e| e.to_string())?
+        .commit_from_memory(bytes)
+        .map_err(|e| e.to_string())
 }
 
 fn read_model(path: &Path) -> Result<Vec<u8>, ModelError> {
@@ -176,9 +379,9 @@ fn model_name_of(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// Checks that the model takes one image tensor and returns a 2-D
-/// embedding; returns the input name, output name and embedding dimension.
-fn check_signature(session: &Session, name: &str) -> Result<(String, String, usize), ModelError> {
+/// Checks that the model takes one image tensor [N, 3, 224, 224] and
+/// returns its name.
+fn check_input(session: &Session, name: &str) -> Result<String, ModelError> {
     let unsupported = |message: String| ModelError::Unsupported {
         name: name.to_string(),
         message,
@@ -206,26 +409,7 @@ fn check_signature(session: &Session, name: &str) -> Result<(String, String, usi
             input.name()
         )));
     }
-    let output = session
-        .outputs()
-        .first()
-        .ok_or_else(|| unsupported("it has no outputs".to_string()))?;
-    let output_dims: Vec<i64> = output
-        .dtype()
-        .tensor_shape()
-        .map(|shape| shape.iter().copied().collect())
-        .unwrap_or_default();
-    if output_dims.len() != 2 || output_dims[1] <= 0 {
-        return Err(unsupported(format!(
-            "output {} has shape {output_dims:?}",
-            output.name()
-        )));
-    }
-    Ok((
-        input.name().to_string(),
-        output.name().to_string(),
-        output_dims[1] as usize,
-    ))
+    Ok(input.name().to_string())
 }
 
 /// Scales `vector` to unit length, so cosine similarity is a dot product.
