@@ -122,6 +122,7 @@ pub fn refresh(
         let current = record.generation == store.data_generation()?;
         if current && crate::ann::check_saved(&dir, &record.basename, &saved_files(&record)).is_ok()
         {
+            remove_leftovers(&dir, &file_name_of(store.path()), &record.basename);
             return Ok(Freshness::Current);
         }
     }

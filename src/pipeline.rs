@@ -71,6 +71,11 @@ pub struct IndexReport {
     pub decoded: usize,
     /// Files decoded, embedded and committed in this run.
     pub indexed: usize,
+    /// Of those, files whose path was indexed before with other content.
+    pub indexed_changed: usize,
+    /// Rows deleted because their file changed and can no longer be read
+    /// or decoded, so the stored vector no longer matches it.
+    pub stale_removed: usize,
     pub failures: Vec<Failure>,
     /// Set when the run stopped early on request.
     pub interrupted: bool,
@@ -94,6 +99,13 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Model(#[from] ModelError),
+}
+
+/// One batch of decode results, with the paths whose old rows must go if
+/// they failed: their stored vectors no longer match their content.
+struct Batch {
+    results: Vec<Result<Prepared, Failure>>,
+    replaced_paths: std::collections::HashSet<PathBuf>,
 }
 
 /// A file decoded and preprocessed, ready for inference.
@@ -134,10 +146,14 @@ pub fn index_roots(
             &failure.reason,
         );
     }
+    for (link, message) in &scan.loops {
+        observer.warning(link, message);
+    }
     report.scanned = scan.candidates.len();
     report.readable_roots = scan.readable_roots;
     let stored = store.stored_files()?;
-    let Some(mut plan) = plan_run(&scan, &stored, cancel) else {
+    let max_file_bytes = crate::decode::file_size_limit(&settings.decode);
+    let Some(mut plan) = plan_run(&scan, &stored, max_file_bytes, cancel) else {
         report.interrupted = true;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -151,6 +167,10 @@ pub fn index_roots(
             Stage::Read,
             &failure.reason,
         );
+        if let Some(id) = failure.previous_id {
+            plan.changes.push(crate::store::Change::Delete { id });
+            plan.removed.push(failure.path);
+        }
     }
     for root in &plan.empty_roots {
         let message = "no images found; its indexed files are kept in case the drive is \
@@ -209,7 +229,7 @@ fn embed_all(
     let batch_size = settings.batch_size.max(1);
     let decoded = AtomicUsize::new(0);
     let result = std::thread::scope(|scope| {
-        let (sender, receiver) = sync_channel::<Vec<Result<Prepared, Failure>>>(BATCHES_IN_FLIGHT);
+        let (sender, receiver) = sync_channel::<Batch>(BATCHES_IN_FLIGHT);
         let decoded = &decoded;
         scope.spawn(move || {
             for chunk in to_embed.chunks(batch_size) {
@@ -217,14 +237,21 @@ fn embed_all(
                     break;
                 }
                 decoded.fetch_add(chunk.len(), Ordering::Relaxed);
-                let prepared = prepare_batch(chunk, &settings.decode, observer);
-                if sender.send(prepared).is_err() {
+                let batch = Batch {
+                    results: prepare_batch(chunk, &settings.decode, observer),
+                    replaced_paths: chunk
+                        .iter()
+                        .filter(|item| item.replaces)
+                        .map(|item| item.candidate.path.clone())
+                        .collect(),
+                };
+                if sender.send(batch).is_err() {
                     break;
                 }
             }
         });
         for batch in receiver {
-            let finished = batch.len();
+            let finished = batch.results.len();
             commit_batch(store, embedder, batch, report, observer)?;
             observer.advance(finished);
             if cancel.load(Ordering::SeqCst) {
@@ -307,19 +334,27 @@ fn prepare_one(
 fn commit_batch(
     store: &mut Store,
     embedder: &mut Embedder,
-    batch: Vec<Result<Prepared, Failure>>,
+    batch: Batch,
     report: &mut IndexReport,
     observer: &dyn IndexObserver,
 ) -> Result<(), PipelineError> {
-    let mut prepared = Vec::with_capacity(batch.len());
-    for item in batch {
+    let mut prepared = Vec::with_capacity(batch.results.len());
+    let mut stale = Vec::new();
+    for item in batch.results {
         match item {
             Ok(item) => prepared.push(item),
             Err(failure) => {
+                if batch.replaced_paths.contains(&failure.path) {
+                    stale.push(failure.path.clone());
+                }
                 observer.failed(&failure);
                 report.failures.push(failure);
             }
         }
+    }
+    if !stale.is_empty() {
+        store.delete_paths(&stale)?;
+        report.stale_removed += stale.len();
     }
     if prepared.is_empty() {
         return Ok(());
@@ -329,6 +364,7 @@ fn commit_batch(
         tensors.extend_from_slice(&item.tensor);
     }
     let vectors = embedder.embed(&tensors, prepared.len())?;
+    let changed = prepared.iter().filter(|p| p.item.replaces).count();
     let images: Vec<NewImage> = prepared
         .into_iter()
         .zip(vectors)
@@ -345,5 +381,6 @@ fn commit_batch(
         .collect();
     store.insert_images(&images)?;
     report.indexed += images.len();
+    report.indexed_changed += changed;
     Ok(())
 }

@@ -42,6 +42,8 @@ pub struct ToEmbed {
 pub struct ReadFailure {
     pub path: PathBuf,
     pub reason: String,
+    /// The row of the file's earlier content, which no longer matches it.
+    pub previous_id: Option<i64>,
 }
 
 /// Everything an index run will do, with the paths behind each count.
@@ -89,6 +91,7 @@ pub fn fingerprint_file(path: &Path) -> std::io::Result<Fingerprint> {
 pub fn plan_run(
     scan: &ScanResult,
     stored: &HashMap<Vec<u8>, StoredFile>,
+    max_file_bytes: u64,
     cancel: &AtomicBool,
 ) -> Option<Plan> {
     let mut plan = Plan::default();
@@ -110,6 +113,16 @@ pub fn plan_run(
         .map(|(candidate, _)| {
             if cancel.load(Ordering::SeqCst) {
                 return Err(std::io::Error::from(ErrorKind::Interrupted));
+            }
+            let size = candidate.state.file_size;
+            if size > max_file_bytes {
+                // Rejected before reading: hashing a huge file costs as
+                // much I/O as decoding it.
+                let message = format!(
+                    "file is {size} bytes, over the limit of {max_file_bytes} bytes for the \
+                     pixel cap (--max-pixels)"
+                );
+                return Err(std::io::Error::new(ErrorKind::FileTooLarge, message));
             }
             fingerprint_file(&candidate.path)
         })
@@ -148,6 +161,7 @@ pub fn plan_run(
                 plan.read_failures.push(ReadFailure {
                     path: candidate.path.clone(),
                     reason: read_reason(&error),
+                    previous_id: previous.map(|p| p.id),
                 });
                 continue;
             }
@@ -283,6 +297,7 @@ fn read_reason(error: &std::io::Error) -> String {
         ErrorKind::NotFound => "cannot read: file disappeared during the scan".to_string(),
         ErrorKind::PermissionDenied => "cannot read: permission denied".to_string(),
         ErrorKind::InvalidInput => "cannot read: no longer a regular file".to_string(),
+        ErrorKind::FileTooLarge => error.to_string(),
         _ => format!("cannot read: {error}"),
     }
 }
@@ -298,7 +313,7 @@ mod tests {
         std::fs::write(dir.path().join("a.jpg"), b"bytes").unwrap();
         let scan = scan_roots(&[dir.path().to_path_buf()], &ScanOptions::default());
         let cancel = AtomicBool::new(true);
-        assert!(plan_run(&scan, &HashMap::new(), &cancel).is_none());
+        assert!(plan_run(&scan, &HashMap::new(), u64::MAX, &cancel).is_none());
     }
 
     #[test]
@@ -306,7 +321,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jpg"), b"bytes").unwrap();
         let scan = scan_roots(&[dir.path().to_path_buf()], &ScanOptions::default());
-        let plan = plan_run(&scan, &HashMap::new(), &AtomicBool::new(false)).unwrap();
+        let plan = plan_run(&scan, &HashMap::new(), u64::MAX, &AtomicBool::new(false)).unwrap();
         assert_eq!(plan.to_embed.len(), 1);
         assert_eq!(plan.added(), 1);
         assert_eq!(

@@ -398,3 +398,69 @@ fn leftovers_of_killed_saves_are_removed() {
         .collect();
     assert_eq!(current.len(), 2, "the current graph stays: {current:?}");
 }
+
+#[test]
+fn read_only_database_can_be_queried() {
+    // Needs root to hand the files to another user; elsewhere the test
+    // has nothing to prove.
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false);
+    let has_setpriv = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !is_root || !has_setpriv {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let database = dir.path().join("db.sqlite");
+    let photos = some_photos(3);
+    let copies = copy_photos(&photos, dir.path());
+    let (result, _) = index(&database, &[&copies]);
+    assert_eq!(result.status, 0, "{}", result.stderr);
+    // The user nobody cannot reach the library under /root, so it gets a
+    // copy beside the database, and the binary is copied there too.
+    let library = imgsim_library();
+    let local_library = dir.path().join("libonnxruntime.so.1.31.1");
+    std::fs::copy(&library, &local_library).unwrap();
+    let binary = dir.path().join("imgsim");
+    std::fs::copy(env!("CARGO_BIN_EXE_imgsim"), &binary).unwrap();
+    let query_image = copies.join(photos[1].file_name().unwrap());
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(&binary)
+        .arg("--db")
+        .arg(&database)
+        .args(["query", "-k", "1"])
+        .arg(&query_image)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let run = common::Run::from(output);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(query_image.to_str().unwrap()),
+        "{}",
+        run.stdout
+    );
+}
+
+/// Returns the ONNX Runtime library the tests use.
+fn imgsim_library() -> PathBuf {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(path);
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share"));
+    data.join("imgsim/libonnxruntime.so.1.31.1")
+}

@@ -249,3 +249,77 @@ fn dry_run_reports_and_changes_nothing() {
         text.stdout
     );
 }
+
+#[test]
+fn changed_file_that_fails_loses_its_old_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let root = dir.path().join("album");
+    let files = fill(&root, 2);
+    let (first, _) = index(&database, &[&root]);
+    assert_eq!(first.status, 0, "{}", first.stderr);
+
+    std::fs::write(&files[0], "overwritten with text").unwrap();
+    let (second, summary) = index(&database, &[&root]);
+    assert_eq!(second.status, 3, "{}", second.stderr);
+    assert_eq!(summary["failed"], 1);
+    assert_eq!(summary["removed"], 1);
+    assert_eq!(summary["added"], 0);
+    assert_eq!(summary["total_in_database"], 1);
+    let results = query(&database, &photos(1)[0], 5);
+    assert!(
+        results.iter().all(|(path, _)| path != &files[0]),
+        "{results:?}"
+    );
+}
+
+#[test]
+fn dry_run_creates_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("album");
+    fill(&root, 2);
+    let database = dir.path().join("state").join("db.sqlite");
+    let result = run(
+        &database,
+        [
+            "index".as_ref(),
+            "--dry-run".as_ref(),
+            "--json".as_ref(),
+            root.as_os_str(),
+        ],
+    );
+    assert_eq!(result.status, 0, "{}", result.stderr);
+    assert_eq!(result.json()["added"], 2);
+    assert!(
+        !dir.path().join("state").exists(),
+        "the dry run created the database folder"
+    );
+}
+
+#[test]
+fn oversized_file_is_rejected_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let sparse = dir.path().join("sparse.jpg");
+    let file = std::fs::File::create(&sparse).unwrap();
+    file.set_len(200 << 20).unwrap();
+    drop(file);
+    let result = run(
+        &database,
+        [
+            "index".as_ref(),
+            "--json".as_ref(),
+            "--max-pixels".as_ref(),
+            "1000".as_ref(),
+            sparse.as_os_str(),
+        ],
+    );
+    assert_eq!(result.status, 3, "{}", result.stderr);
+    let failure = &result.json()["failures"][0];
+    assert_eq!(failure["stage"], "read");
+    let reason = failure["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("209715200 bytes, over the limit of 67108864 bytes"),
+        "{reason}"
+    );
+}

@@ -23,22 +23,33 @@ use crate::store::{lock_database, LockError, OpenMode, Store};
 
 pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     let database = global.database_path()?;
-    let _lock = match lock_database(&database, args.wait) {
-        Ok(lock) => lock,
-        Err(error @ LockError::Busy { .. }) => {
-            eprintln!("error: {error}");
-            return Ok(Status::Busy);
+    // A dry run takes no lock and creates nothing: it reads an existing
+    // database, or plans against an empty one in memory.
+    let _lock = if args.dry_run {
+        None
+    } else {
+        match lock_database(&database, args.wait) {
+            Ok(lock) => Some(lock),
+            Err(error @ LockError::Busy { .. }) => {
+                eprintln!("error: {error}");
+                return Ok(Status::Busy);
+            }
+            Err(error) => return Err(error.into()),
         }
-        Err(error) => return Err(error.into()),
     };
     super::configure_threads(global);
     let mut embedder = super::load_embedder(global)?;
-    let mut store = Store::open(&database, OpenMode::CreateIfMissing)?;
-    if args.dry_run {
-        store.check_model(embedder.identity())?;
-    } else {
+    let mut store = if !args.dry_run {
+        let mut store = Store::open(&database, OpenMode::CreateIfMissing)?;
         store.bind_model(embedder.identity())?;
-    }
+        store
+    } else if database.exists() {
+        let store = Store::open(&database, OpenMode::ReadOnly)?;
+        store.check_model(embedder.identity())?;
+        store
+    } else {
+        Store::open_in_memory()?
+    };
 
     let cancel = install_interrupt_handler()?;
     let settings = IndexSettings {
@@ -284,12 +295,12 @@ fn print_summary(report: &IndexReport, total: u64, args: &IndexArgs) -> anyhow::
             dry_run: args.dry_run,
             scanned: report.scanned,
             indexed: report.indexed,
-            added: plan.added(),
-            changed: plan.changed(),
+            added: added(report, args.dry_run),
+            changed: changed(report, args.dry_run),
             moved: plan.moved.len(),
             copied: plan.copied.len(),
             refreshed: plan.refreshed.len(),
-            removed: plan.removed.len(),
+            removed: plan.removed.len() + report.stale_removed,
             unchanged: plan.unchanged,
             decoded: report.decoded,
             failed: report.failures.len(),
@@ -332,11 +343,11 @@ fn print_summary(report: &IndexReport, total: u64, args: &IndexArgs) -> anyhow::
         "indexed {} (added {}, changed {}), moved {}, copied {}, removed {}, unchanged {}, \
          failed {}{interrupted}; {:.1} s, {:.1} images/s; {} in the database",
         report.indexed,
-        plan.added(),
-        plan.changed(),
+        added(report, false),
+        changed(report, false),
         plan.moved.len(),
         plan.copied.len(),
-        plan.removed.len(),
+        plan.removed.len() + report.stale_removed,
         plan.unchanged + plan.refreshed.len(),
         report.failures.len(),
         report.seconds,
@@ -375,6 +386,25 @@ fn print_dry_run(report: &IndexReport) -> anyhow::Result<()> {
         report.failures.len()
     )?;
     Ok(())
+}
+
+/// Files added: embedded in a run, planned in a dry run.
+fn added(report: &IndexReport, dry_run: bool) -> usize {
+    if dry_run {
+        report.plan.added()
+    } else {
+        report.indexed - report.indexed_changed
+    }
+}
+
+/// Files whose new content replaced an old row: embedded in a run, planned
+/// in a dry run.
+fn changed(report: &IndexReport, dry_run: bool) -> usize {
+    if dry_run {
+        report.plan.changed()
+    } else {
+        report.indexed_changed
+    }
 }
 
 /// "1 file", "2 files".

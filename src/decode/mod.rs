@@ -143,10 +143,7 @@ pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<DecodedImage,
     };
     let mut file = crate::files::open_regular(path).map_err(io_error)?;
     let size = file.metadata().map_err(io_error)?.len();
-    let limit = options
-        .max_pixels
-        .saturating_mul(MAX_FILE_BYTES_PER_PIXEL)
-        .max(MIN_FILE_BYTES_LIMIT);
+    let limit = file_size_limit(options);
     if size > limit {
         return Err(DecodeError::FileTooLarge {
             path: path.to_path_buf(),
@@ -157,6 +154,14 @@ pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<DecodedImage,
     let mut bytes = Vec::with_capacity(size as usize);
     std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io_error)?;
     decode_bytes(path, &bytes, options)
+}
+
+/// Returns the largest file size, in bytes, that is read for decoding.
+pub fn file_size_limit(options: &DecodeOptions) -> u64 {
+    options
+        .max_pixels
+        .saturating_mul(MAX_FILE_BYTES_PER_PIXEL)
+        .max(MIN_FILE_BYTES_LIMIT)
 }
 
 /// Decodes an image held in memory; `path` is only used in messages.

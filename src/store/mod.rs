@@ -276,18 +276,58 @@ impl Store {
         found.map(|_| store)
     }
 
+    /// Opens an empty database in memory, for planning without a file.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let error = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mut connection = Connection::open_in_memory().map_err(error)?;
+        apply_migrations(&mut connection).map_err(|e| match e {
+            migrations::MigrationError::Sqlite(source) => error(source),
+            migrations::MigrationError::TooNew { .. } => {
+                unreachable!("a new database has version 0")
+            }
+        })?;
+        Ok(Store {
+            connection,
+            path,
+            read_only: false,
+        })
+    }
+
     fn open_read_only(path: &Path) -> Result<Store, StoreError> {
         let error = |source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
         };
-        let flags =
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let connection = Connection::open_with_flags(path, flags).map_err(error)?;
-        connection.busy_timeout(BUSY_TIMEOUT).map_err(error)?;
-        let found: i64 = connection
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(error)?;
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let read_version = |connection: &Connection| {
+            connection.busy_timeout(BUSY_TIMEOUT)?;
+            connection.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+        };
+        let mut connection = Connection::open_with_flags(path, flags).map_err(error)?;
+        let found = match read_version(&connection) {
+            Ok(found) => found,
+            // A WAL database needs its -shm file, which SQLite cannot create
+            // in a folder the user cannot write. `immutable=1` reads the
+            // file without it, and without seeing changes a writer makes
+            // meanwhile, which only another account can be making here.
+            Err(first)
+                if matches!(
+                    first.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+                ) =>
+            {
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                connection = Connection::open_with_flags(&uri, flags).map_err(error)?;
+                read_version(&connection).map_err(error)?
+            }
+            Err(other) => return Err(error(other)),
+        };
         let supported = MIGRATIONS.len() as i64;
         if found > supported {
             return Err(StoreError::TooNew {
@@ -509,6 +549,20 @@ impl Store {
                     ])
                 })
                 .map_err(to_error)?;
+        }
+        transaction.commit().map_err(to_error)
+    }
+
+    /// Deletes the rows of `paths` in one transaction.
+    pub fn delete_paths(&mut self, paths: &[PathBuf]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let to_error = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let transaction = self.connection.transaction().map_err(to_error)?;
+        for stale in paths {
+            delete_path(&transaction, &path_to_bytes(stale)).map_err(to_error)?;
         }
         transaction.commit().map_err(to_error)
     }
@@ -768,6 +822,20 @@ fn apply_change(connection: &Connection, change: &Change, now: i64) -> rusqlite:
         }
     }
     Ok(())
+}
+
+/// Percent-encodes a path for an SQLite `file:` URI.
+fn uri_path(path: &Path) -> String {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut encoded = String::new();
+    for &byte in path_to_bytes(&absolute).iter() {
+        if byte.is_ascii_alphanumeric() || b"/-_.~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 fn unix_seconds() -> i64 {
