@@ -323,3 +323,35 @@ fn oversized_file_is_rejected_before_reading() {
         "{reason}"
     );
 }
+
+#[test]
+fn many_deletions_rebuild_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let root = dir.path().join("album");
+    let files = fill(&root, 8);
+    let (first, _) = index(&database, &[&root]);
+    assert_eq!(first.status, 0, "{}", first.stderr);
+
+    // One deletion of eight stays a tombstone: the graph keeps 8 points.
+    std::fs::remove_file(&files[0]).unwrap();
+    let (second, _) = index(&database, &[&root]);
+    assert_eq!(second.status, 0, "{}", second.stderr);
+    assert_eq!(graph_points(&database), 8);
+
+    // Three of eight (over a quarter) rebuild it from the 5 left.
+    std::fs::remove_file(&files[1]).unwrap();
+    std::fs::remove_file(&files[2]).unwrap();
+    let (third, _) = index(&database, &[&root]);
+    assert_eq!(third.status, 0, "{}", third.stderr);
+    assert_eq!(graph_points(&database), 5);
+    assert_eq!(query(&database, &photos(4)[3], 10).len(), 5);
+}
+
+/// Number of points in the saved HNSW graph, deleted images included.
+fn graph_points(database: &Path) -> i64 {
+    let connection = rusqlite::Connection::open(database).unwrap();
+    connection
+        .query_row("SELECT point_count FROM ann_index", [], |row| row.get(0))
+        .unwrap()
+}
