@@ -93,7 +93,7 @@ fn npy_rows_follow_input_order_without_failures() {
     for row in values.chunks_exact(dimension) {
         assert!((norm(row) - 1.0).abs() < 1e-5, "row norm {}", norm(row));
     }
-    // b.jpg is photo 1: its row matches the vector the index would store.
+    // Rows of different photos differ.
     let dot: f32 = values[1280 * 2..]
         .iter()
         .zip(&values[..1280])

@@ -75,7 +75,14 @@ pub fn run(global: &GlobalArgs, args: &EmbedArgs) -> anyhow::Result<Status> {
 }
 
 fn prepare(path: &Path, options: &DecodeOptions) -> Result<Vec<f32>, String> {
-    let decoded = decode_file(path, options).map_err(|error| error.reason())?;
+    let decoded = decode_file(path, options).map_err(|error| {
+        // Decoder messages may contain line breaks; a report line must not.
+        error
+            .reason()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    })?;
     let mut tensor = vec![0.0; TENSOR_LEN];
     fill_tensor(&decoded.pixels, &mut tensor).map_err(|error| error.to_string())?;
     Ok(tensor)
@@ -90,7 +97,7 @@ fn format_from_extension(path: &Path) -> EmbedFormat {
 }
 
 /// Bytes reserved for the `.npy` header, so it can be rewritten in place
-/// with the final row count; a multiple of 64 as the format recommends.
+/// with the final row count. The format recommends a multiple of 64.
 const NPY_HEADER_LEN: usize = 128;
 
 /// Writes rows as they come. Everything goes to `<output>.partial` files

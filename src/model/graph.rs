@@ -84,7 +84,7 @@ pub struct Candidate {
     pub name: String,
     /// Known dimensions; `None` for a symbolic or unknown one (the batch).
     pub shape: Option<Vec<Option<i64>>>,
-    /// How the tensor was found.
+    /// The reason the tensor is a candidate.
     pub role: CandidateRole,
 }
 

@@ -519,67 +519,49 @@ impl Store {
     /// crash, none of it is.
     pub fn insert_images(&mut self, images: &[NewImage]) -> Result<(), StoreError> {
         let now = unix_seconds();
-        let path = self.path.clone();
-        let to_error = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let transaction = self.connection.transaction().map_err(to_error)?;
-        for image in images {
-            let path_bytes = path_to_bytes(&image.path);
-            delete_path(&transaction, &path_bytes).map_err(to_error)?;
-            transaction
-                .prepare_cached(
-                    "INSERT INTO images (path, file_size, modified_ns, fingerprint, width, height,
-                                         format, animated, vector, indexed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .and_then(|mut statement| {
-                    statement.execute(params![
-                        path_bytes,
-                        image.state.file_size as i64,
-                        image.state.modified_ns,
-                        image.fingerprint.as_ref().map(|f| f.as_slice()),
-                        image.width,
-                        image.height,
-                        image.format,
-                        image.animated,
-                        vector_to_bytes(&image.vector),
-                        now,
-                    ])
-                })
-                .map_err(to_error)?;
-        }
-        transaction.commit().map_err(to_error)
+        self.in_transaction(|transaction| {
+            for image in images {
+                insert_image(transaction, image, now)?;
+            }
+            Ok(())
+        })
     }
 
     /// Deletes the rows of `paths` in one transaction.
     pub fn delete_paths(&mut self, paths: &[PathBuf]) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let to_error = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let transaction = self.connection.transaction().map_err(to_error)?;
-        for stale in paths {
-            delete_path(&transaction, &path_to_bytes(stale)).map_err(to_error)?;
-        }
-        transaction.commit().map_err(to_error)
+        self.in_transaction(|transaction| {
+            for stale in paths {
+                delete_path(transaction, &path_to_bytes(stale))?;
+            }
+            Ok(())
+        })
     }
 
     /// Applies moves, copies, refreshes and deletions in one transaction.
     pub fn apply_changes(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         let now = unix_seconds();
+        self.in_transaction(|transaction| {
+            for change in changes {
+                apply_change(transaction, change, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `work` in one transaction and commits it when `work` succeeds;
+    /// on an error nothing of it is kept.
+    fn in_transaction<T>(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let path = self.path.clone();
-        let to_error = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let transaction = self.connection.transaction().map_err(to_error)?;
-        for change in changes {
-            apply_change(&transaction, change, now).map_err(to_error)?;
-        }
-        transaction.commit().map_err(to_error)
+        let to_error = |source| StoreError::Sqlite { path, source };
+        let result = self.connection.transaction().and_then(|transaction| {
+            let value = work(&transaction)?;
+            transaction.commit()?;
+            Ok(value)
+        });
+        result.map_err(to_error)
     }
 
     /// Number of indexed images.
@@ -765,6 +747,30 @@ fn read_generation(connection: &Connection) -> rusqlite::Result<i64> {
         [],
         |row| row.get(0),
     )
+}
+
+fn insert_image(connection: &Connection, image: &NewImage, now: i64) -> rusqlite::Result<()> {
+    let path = path_to_bytes(&image.path);
+    delete_path(connection, &path)?;
+    connection
+        .prepare_cached(
+            "INSERT INTO images (path, file_size, modified_ns, fingerprint, width, height,
+                                 format, animated, vector, indexed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            path,
+            image.state.file_size as i64,
+            image.state.modified_ns,
+            image.fingerprint.as_ref().map(|f| f.as_slice()),
+            image.width,
+            image.height,
+            image.format,
+            image.animated,
+            vector_to_bytes(&image.vector),
+            now,
+        ])?;
+    Ok(())
 }
 
 fn delete_path(connection: &Connection, path: &[u8]) -> rusqlite::Result<usize> {
