@@ -248,6 +248,8 @@ fn classify(
         }
         return;
     }
+    // NOTE: two new files with the same content in one run are both
+    // decoded; copies are only matched against rows already stored.
     plan.to_embed.push(ToEmbed {
         candidate: candidate.clone(),
         fingerprint,

@@ -118,6 +118,8 @@ fn scan_root(
     let walker = WalkDir::new(&absolute)
         .follow_links(options.follow_links)
         .sort_by_file_name();
+    // NOTE: the walk does not check for Ctrl-C; on a slow network share a
+    // large tree is walked to the end before the run can stop.
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,
