@@ -19,9 +19,9 @@ use image::{
 };
 
 /// Default cap on decoded pixels (width x height), checked from the header
-/// before the pixel buffer is allocated: 100 megapixels, above the largest
-/// camera sensors in common use, and at most about 1.2 GB of memory for a
-/// 16-bit RGBA picture and its 8-bit copy.
+/// before the pixel buffer is allocated. 100 megapixels is above the largest
+/// camera sensors in common use. A 16-bit RGBA picture of that size and its
+/// 8-bit copy take 100 M x (8 + 4) bytes = 1.2 GB.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
 /// Largest bytes per pixel of any decoded colour type (16-bit RGBA); the
