@@ -234,12 +234,11 @@ impl AnnIndex {
     pub fn load(dir: &Path, basename: &str, expected: &SavedFiles) -> Result<AnnIndex, AnnError> {
         check_saved(dir, basename, expected)?;
         let graph = dir.join(format!("{basename}.hnsw.graph"));
-        // hnsw_rs's loaded graph borrows its loader; the loader is small and
+        // hnsw_rs's loaded graph borrows its loader. The loader is small and
         // lives until the process ends, so it is leaked to give the graph a
-        // 'static lifetime.
-        // hnsw_rs asserts on malformed input instead of returning errors;
-        // the digest check above makes that unlikely, and a panic is turned
-        // into an error here as a last guard.
+        // 'static lifetime. hnsw_rs asserts on malformed input instead of
+        // returning errors, which the digest check above rules out for
+        // damaged files; a panic is still turned into an error here.
         let (dir_owned, basename_owned) = (dir.to_path_buf(), basename.to_string());
         let loaded = std::panic::catch_unwind(move || {
             let loader: &'static mut HnswIo =

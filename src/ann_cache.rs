@@ -316,8 +316,8 @@ fn remove_leftovers(dir: &Path, database_name: &str, keep: &str) {
     }
 }
 
-/// Returns whether a process with this id runs. Where that cannot be told
-/// (no `/proc`), every process counts as running, so nothing is removed.
+/// Returns whether a process with this id runs. Without `/proc` this cannot
+/// be checked, so every process counts as running and nothing is removed.
 fn process_is_running(pid: u32) -> bool {
     let proc_root = Path::new("/proc");
     !proc_root.join("self").exists() || proc_root.join(pid.to_string()).exists()

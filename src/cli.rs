@@ -214,7 +214,8 @@ pub struct QueryArgs {
 }
 
 impl GlobalArgs {
-    /// The database path: --db, then IMGSIM_DB, then the per-user default.
+    /// Returns the database path: --db, then IMGSIM_DB, then the per-user
+    /// default.
     pub fn database_path(&self) -> anyhow::Result<PathBuf> {
         if let Some(path) = option_or_env(&self.db, "IMGSIM_DB") {
             return Ok(path);
@@ -227,7 +228,7 @@ impl GlobalArgs {
         Ok(data.join("imgsim").join("imgsim.db"))
     }
 
-    /// The model file: --model, then IMGSIM_MODEL; `None` means the
+    /// Returns the model file: --model, then IMGSIM_MODEL. `None` means the
     /// built-in model.
     pub fn model_path(&self) -> Option<PathBuf> {
         option_or_env(&self.model, "IMGSIM_MODEL")
@@ -242,8 +243,8 @@ impl GlobalArgs {
     }
 }
 
-/// The option's value, else the environment variable's; empty values count
-/// as unset.
+/// Returns the option's value, else the environment variable's. Empty
+/// values count as unset.
 fn option_or_env(option: &Option<PathBuf>, variable: &str) -> Option<PathBuf> {
     option
         .clone()

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-/// How a command ended.
+/// Outcome of a command, mapped to its exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Everything worked: status 0.
@@ -13,7 +13,7 @@ pub enum Status {
     Usage,
     /// The command finished, but some files could not be read: status 3.
     SomeFilesFailed,
-    /// Another `index` run holds the database: status 4.
+    /// Another `index` run has the database locked: status 4.
     Busy,
     /// Stopped by Ctrl-C (SIGINT) after committing the current batch:
     /// status 130.

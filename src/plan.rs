@@ -13,7 +13,7 @@
 //!
 //! A row is gone when its path lies under a folder root walked in this run
 //! and the file no longer exists there. Rows under roots not walked this
-//! time are left alone, since drives come and go; so is every row under a
+//! time are left alone, since drives come and go. So is every row under a
 //! root that yielded no images at all, which is what an unmounted drive's
 //! empty mount point looks like.
 
@@ -287,9 +287,9 @@ fn gone_rows(
     (gone, empty_roots)
 }
 
-/// Whether nothing exists at `path`; other errors (permission denied, an
-/// unreachable network share) count as present, so they never cause a
-/// deletion.
+/// Returns whether nothing exists at `path`. Other errors (permission
+/// denied, an unreachable network share) count as present, so they never
+/// cause a deletion.
 fn is_missing(path: &Path) -> bool {
     matches!(std::fs::symlink_metadata(path), Err(error) if error.kind() == ErrorKind::NotFound)
 }

@@ -7,8 +7,8 @@
 //! extensions below, in any case. The content is sniffed later, so a PNG
 //! named `.jpg` is still decoded correctly. Only regular files are
 //! candidates: FIFOs, sockets and devices are skipped without being opened.
-//! Symbolic links are not followed unless asked; when they are, a link that
-//! leads back to one of its own parent folders is reported as a loop and
+//! Symbolic links are not followed unless requested. When they are, a link
+//! that leads back to one of its own parent folders gets a warning and is
 //! not entered. Entries are visited in file-name order, so runs are
 //! reproducible.
 

@@ -97,9 +97,9 @@ fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     chunk
 }
 
-/// A PNG whose header claims `width` x `height` RGB pixels, followed by a
-/// few bytes of compressed data: a decoder that trusted the header would
-/// allocate the whole picture before finding the data short.
+/// Returns a PNG whose header claims `width` x `height` RGB pixels,
+/// followed by a few bytes of compressed data. A decoder that trusted the
+/// header would allocate the whole picture before finding the data short.
 fn png_header_only(width: u32, height: u32) -> Vec<u8> {
     let mut header = width.to_be_bytes().to_vec();
     header.extend_from_slice(&height.to_be_bytes());

@@ -105,8 +105,8 @@ fn deleted_files_leave_database_and_results() {
     assert_eq!(counts(&summary), [0, 0, 0, 0, 0, 2, 0]);
     assert_eq!(summary["total_in_database"], 4);
 
-    // The saved graph still holds the deleted images as tombstones; they
-    // never come back as results.
+    // The saved graph still contains the deleted images as tombstones, and
+    // they never come back as results.
     let results = query(&database, &photos(1)[0], 10);
     assert_eq!(results.len(), 4);
     assert!(results

@@ -31,7 +31,7 @@ fn thumbnails_find_their_photos() {
         }
     }
     // A plain Pillow + onnxruntime pipeline with the same model ranks 26 of
-    // the 29 photos first; the other three are burst frames that a 120x90
+    // the 29 photos first. The other three are burst frames that a 120x90
     // thumbnail cannot tell apart.
     assert!(
         first >= 26,

@@ -24,7 +24,7 @@ use image::{
 /// 8-bit copy take 100 M x (8 + 4) bytes = 1.2 GB.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
-/// Largest bytes per pixel of any decoded colour type (16-bit RGBA); the
+/// Largest bytes per pixel of any decoded colour type (16-bit RGBA). The
 /// decoder's allocations are capped at `max_pixels` times this, which also
 /// bounds frames larger than the size a header announces.
 const MAX_DECODED_BYTES_PER_PIXEL: u64 = 8;
@@ -113,7 +113,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The file the error concerns.
+    /// Returns the file the error concerns.
     pub fn path(&self) -> &Path {
         match self {
             DecodeError::Io { path, .. }
@@ -124,7 +124,7 @@ impl DecodeError {
         }
     }
 
-    /// The reason without the path, for reports that print the path
+    /// Returns the reason without the path, for reports that print the path
     /// themselves.
     pub fn reason(&self) -> String {
         let full = self.to_string();
@@ -282,7 +282,7 @@ fn exif_problem(chunk: &[u8]) -> Option<String> {
     }
 }
 
-/// Whether a GIF, PNG or WebP file has more than one frame.
+/// Returns whether a GIF, PNG or WebP file has more than one frame.
 fn is_animated(format: ImageFormat, bytes: &[u8]) -> bool {
     match format {
         ImageFormat::Gif => GifDecoder::new(Cursor::new(bytes))

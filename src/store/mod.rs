@@ -403,7 +403,7 @@ impl Store {
     /// one already recorded.
     ///
     /// # Errors
-    /// [`StoreError::ModelMismatch`] when the database holds vectors of
+    /// [`StoreError::ModelMismatch`] when the database contains vectors of
     /// another model or preprocessing.
     pub fn bind_model(&mut self, model: &ModelIdentity) -> Result<(), StoreError> {
         match self.stored_model()? {
