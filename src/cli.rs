@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::ann::{DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_MAX_CONNECTIONS};
 use crate::decode::DEFAULT_MAX_PIXELS;
+use crate::model::input::{InputSettings, InputSize, PerChannel};
 use crate::pipeline::DEFAULT_BATCH_SIZE;
+use crate::preprocess::{ChannelOrder, Layout};
 
 /// Largest accepted --batch-size: about 2.5 GB of inference memory.
 const MAX_BATCH_SIZE: i64 = 256;
@@ -32,9 +34,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
 
-    /// ONNX model file to use instead of the built-in MobileNetV2; it must
-    /// take [N,3,224,224] RGB in [-1,1] and output [N,D]; the IMGSIM_MODEL
-    /// environment variable sets it too
+    /// ONNX model file to use instead of the built-in MobileNetV2. Its
+    /// preprocessing comes from the model input options and the file's
+    /// .preprocess.toml sidecar. The IMGSIM_MODEL environment variable sets
+    /// it too
     #[arg(long, global = true, value_name = "FILE")]
     pub model: Option<PathBuf>,
 
@@ -60,6 +63,84 @@ pub struct GlobalArgs {
     /// Print no progress bar and no warnings, only errors and results
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+/// Settings that turn images into the model's input tensor. Unset values
+/// come from the preprocessing file, then from the model's input shape,
+/// then from the built-in model's preprocessing (224x224 RGB NCHW,
+/// (p - 127.5) / 127.5).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Model input options")]
+pub struct InputArgs {
+    /// Preprocessing file (TOML; see README) [default: NAME.preprocess.toml
+    /// next to the --model file NAME.onnx, when it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub preprocess: Option<PathBuf>,
+
+    /// Input size in pixels, N or WIDTHxHEIGHT [default: from the model's
+    /// input shape, else 224]
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub input_size: Option<InputSize>,
+
+    /// Tensor layout [default: where the model's input has 3 channels,
+    /// else nchw]
+    #[arg(long, global = true, value_enum)]
+    pub layout: Option<Layout>,
+
+    /// Channel order [default: rgb]
+    #[arg(long, global = true, value_enum)]
+    pub channels: Option<ChannelOrder>,
+
+    /// Multiply pixels (0-255) by X, or X,Y,Z per channel, then add
+    /// --offset
+    #[arg(
+        long,
+        global = true,
+        value_name = "X[,Y,Z]",
+        allow_hyphen_values = true
+    )]
+    pub scale: Option<PerChannel>,
+
+    /// Add X, or X,Y,Z per channel, after --scale
+    #[arg(
+        long,
+        global = true,
+        value_name = "X[,Y,Z]",
+        allow_hyphen_values = true
+    )]
+    pub offset: Option<PerChannel>,
+
+    /// Subtract X, or X,Y,Z per channel, from pixels scaled to 0-1, then
+    /// divide by --std (torchvision's convention)
+    #[arg(
+        long,
+        global = true,
+        value_name = "X[,Y,Z]",
+        allow_hyphen_values = true
+    )]
+    pub mean: Option<PerChannel>,
+
+    /// Standard deviation, X or X,Y,Z per channel, in the 0-1 range
+    #[arg(long, global = true, value_name = "X[,Y,Z]")]
+    pub std: Option<PerChannel>,
+}
+
+impl InputArgs {
+    /// Returns the settings given on the command line.
+    pub fn settings(&self) -> InputSettings {
+        InputSettings {
+            size: self.input_size,
+            layout: self.layout,
+            channels: self.channels,
+            scale: self.scale,
+            offset: self.offset,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::decode::{decode_file, DecodeOptions};
 use crate::model::{Embedder, ModelError};
 use crate::plan::{plan_run, Plan, ToEmbed};
-use crate::preprocess::{fill_tensor, TENSOR_LEN};
+use crate::preprocess::Preprocessing;
 use crate::scan::{scan_roots, ScanOptions};
 use crate::store::{NewImage, Store, StoreError};
 
@@ -227,10 +227,12 @@ fn embed_all(
     report: &mut IndexReport,
 ) -> Result<(), PipelineError> {
     let batch_size = settings.batch_size.max(1);
+    let preprocessing = embedder.preprocessing().clone();
     let decoded = AtomicUsize::new(0);
     let result = std::thread::scope(|scope| {
         let (sender, receiver) = sync_channel::<Batch>(BATCHES_IN_FLIGHT);
         let decoded = &decoded;
+        let preprocessing = &preprocessing;
         scope.spawn(move || {
             for chunk in to_embed.chunks(batch_size) {
                 if cancel.load(Ordering::SeqCst) {
@@ -238,7 +240,7 @@ fn embed_all(
                 }
                 decoded.fetch_add(chunk.len(), Ordering::Relaxed);
                 let batch = Batch {
-                    results: prepare_batch(chunk, &settings.decode, observer),
+                    results: prepare_batch(chunk, &settings.decode, preprocessing, observer),
                     replaced_paths: chunk
                         .iter()
                         .filter(|item| item.replaces)
@@ -284,17 +286,19 @@ fn one_line(reason: &str) -> String {
 fn prepare_batch(
     chunk: &[ToEmbed],
     options: &DecodeOptions,
+    preprocessing: &Preprocessing,
     observer: &dyn IndexObserver,
 ) -> Vec<Result<Prepared, Failure>> {
     chunk
         .par_iter()
-        .map(|item| prepare_one(item, options, observer))
+        .map(|item| prepare_one(item, options, preprocessing, observer))
         .collect()
 }
 
 fn prepare_one(
     item: &ToEmbed,
     options: &DecodeOptions,
+    preprocessing: &Preprocessing,
     observer: &dyn IndexObserver,
 ) -> Result<Prepared, Failure> {
     let candidate = &item.candidate;
@@ -311,12 +315,14 @@ fn prepare_one(
     for warning in &decoded.warnings {
         observer.warning(&candidate.path, warning);
     }
-    let mut tensor = vec![0.0; TENSOR_LEN];
-    fill_tensor(&decoded.pixels, &mut tensor).map_err(|error| Failure {
-        path: candidate.path.clone(),
-        stage: Stage::Preprocess,
-        reason: error.to_string(),
-    })?;
+    let mut tensor = vec![0.0; preprocessing.tensor_len()];
+    preprocessing
+        .fill_tensor(&decoded.pixels, &mut tensor)
+        .map_err(|error| Failure {
+            path: candidate.path.clone(),
+            stage: Stage::Preprocess,
+            reason: error.to_string(),
+        })?;
     Ok(Prepared {
         item: item.clone(),
         width: decoded.pixels.width(),
@@ -359,7 +365,7 @@ fn commit_batch(
     if prepared.is_empty() {
         return Ok(());
     }
-    let mut tensors = Vec::with_capacity(prepared.len() * TENSOR_LEN);
+    let mut tensors = Vec::with_capacity(prepared.len() * embedder.preprocessing().tensor_len());
     for item in &prepared {
         tensors.extend_from_slice(&item.tensor);
     }

@@ -5,7 +5,10 @@ mod common;
 
 use imgsim::decode::{decode_file, DecodeOptions};
 use imgsim::model::{Embedder, ModelSource};
-use imgsim::preprocess::{fill_tensor, TENSOR_LEN};
+use imgsim::preprocess::Preprocessing;
+
+/// Values of one 224x224 RGB image.
+const TENSOR_LEN: usize = 3 * 224 * 224;
 
 /// Deterministic values in [-1, 1] from a linear congruential generator.
 fn pseudo_random_tensors(count: usize, seed: u64) -> Vec<f32> {
@@ -25,7 +28,9 @@ fn photo_tensors(count: usize) -> Vec<f32> {
     let mut tensors = vec![0.0; count * TENSOR_LEN];
     for (slot, (photo, _)) in tensors.chunks_exact_mut(TENSOR_LEN).zip(&pairs) {
         let decoded = decode_file(photo, &DecodeOptions::default()).unwrap();
-        fill_tensor(&decoded.pixels, slot).unwrap();
+        Preprocessing::default()
+            .fill_tensor(&decoded.pixels, slot)
+            .unwrap();
     }
     tensors
 }

@@ -97,6 +97,7 @@ fn classifier_is_cut_at_its_pooling_layer() {
         .stdout
         .lines()
         .find(|line| line.ends_with("(default)"))
+        .map(str::trim_start)
         .unwrap();
     assert!(
         default_line.starts_with("op61_conv_2d/relu6 "),

@@ -14,7 +14,7 @@ use crate::cli::{EmbedArgs, EmbedFormat, GlobalArgs};
 use crate::decode::{decode_file, DecodeOptions};
 use crate::exit::Status;
 use crate::paths::{display_path, JsonPath};
-use crate::preprocess::{fill_tensor, TENSOR_LEN};
+use crate::preprocess::Preprocessing;
 use crate::scan::{scan_roots, ScanOptions};
 
 pub fn run(global: &GlobalArgs, args: &EmbedArgs) -> anyhow::Result<Status> {
@@ -33,14 +33,15 @@ pub fn run(global: &GlobalArgs, args: &EmbedArgs) -> anyhow::Result<Status> {
     let options = DecodeOptions {
         max_pixels: args.max_pixels,
     };
+    let preprocessing = embedder.preprocessing().clone();
     let mut writer = RowWriter::create(&args.output, format, dimension)?;
     for chunk in scan.candidates.chunks(args.batch_size.max(1)) {
         let prepared: Vec<_> = chunk
             .par_iter()
-            .map(|candidate| prepare(&candidate.path, &options))
+            .map(|candidate| prepare(&candidate.path, &options, &preprocessing))
             .collect();
         let mut paths = Vec::with_capacity(chunk.len());
-        let mut tensors = Vec::with_capacity(chunk.len() * TENSOR_LEN);
+        let mut tensors = Vec::with_capacity(chunk.len() * preprocessing.tensor_len());
         for (candidate, result) in chunk.iter().zip(prepared) {
             match result {
                 Ok(tensor) => {
@@ -74,7 +75,11 @@ pub fn run(global: &GlobalArgs, args: &EmbedArgs) -> anyhow::Result<Status> {
     })
 }
 
-fn prepare(path: &Path, options: &DecodeOptions) -> Result<Vec<f32>, String> {
+fn prepare(
+    path: &Path,
+    options: &DecodeOptions,
+    preprocessing: &Preprocessing,
+) -> Result<Vec<f32>, String> {
     let decoded = decode_file(path, options).map_err(|error| {
         // Decoder messages may contain line breaks; a report line must not.
         error
@@ -83,8 +88,10 @@ fn prepare(path: &Path, options: &DecodeOptions) -> Result<Vec<f32>, String> {
             .collect::<Vec<_>>()
             .join(" ")
     })?;
-    let mut tensor = vec![0.0; TENSOR_LEN];
-    fill_tensor(&decoded.pixels, &mut tensor).map_err(|error| error.to_string())?;
+    let mut tensor = vec![0.0; preprocessing.tensor_len()];
+    preprocessing
+        .fill_tensor(&decoded.pixels, &mut tensor)
+        .map_err(|error| error.to_string())?;
     Ok(tensor)
 }
 

@@ -18,6 +18,7 @@ mod query;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::exit::Status;
+use crate::model::input::settings_for;
 use crate::model::{Embedder, ModelSource, TapOptions};
 
 /// Runs the parsed command line.
@@ -26,20 +27,32 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Index(args) => index::run(&cli.global, args),
         Command::Query(args) => query::run(&cli.global, args),
         Command::Embed(args) => embed::run(&cli.global, args),
-        Command::Model(args) => model::run(args),
+        Command::Model(args) => model::run(&cli.global, args),
     }
 }
 
 fn load_embedder(global: &GlobalArgs) -> anyhow::Result<Embedder> {
-    let source = match global.model_path() {
-        Some(path) => ModelSource::File(path),
+    let model = global.model_path();
+    let source = match &model {
+        Some(path) => ModelSource::File(path.clone()),
         None => ModelSource::Default,
     };
     let tap = TapOptions {
         layer: global.layer.clone(),
         pool: global.pool,
     };
-    Ok(Embedder::load_with(&source, &tap, global.thread_count())?)
+    let (input, _) = settings_for(
+        model.as_deref(),
+        global.input.preprocess.as_deref(),
+        &global.input.settings(),
+    )?;
+    let embedder = Embedder::load_with(&source, &tap, &input, global.thread_count())?;
+    tracing::info!(
+        "model {}, preprocessing: {}",
+        embedder.identity().name,
+        embedder.identity().preprocessing
+    );
+    Ok(embedder)
 }
 
 /// Sizes the global rayon pool used for decoding; called once, before any

@@ -11,7 +11,6 @@ use crate::cli::{GlobalArgs, QueryArgs};
 use crate::decode::{decode_file, DecodeOptions};
 use crate::exit::Status;
 use crate::paths::{display_path, non_utf8_hex};
-use crate::preprocess::{fill_tensor, TENSOR_LEN};
 use crate::store::{ImageRecord, OpenMode, Store};
 
 /// One ranked result.
@@ -62,8 +61,10 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
             eprintln!("warning: {}: {warning}", display_path(&args.image));
         }
     }
-    let mut tensor = vec![0.0; TENSOR_LEN];
-    fill_tensor(&decoded.pixels, &mut tensor)
+    let preprocessing = embedder.preprocessing();
+    let mut tensor = vec![0.0; preprocessing.tensor_len()];
+    preprocessing
+        .fill_tensor(&decoded.pixels, &mut tensor)
         .with_context(|| format!("{}: cannot preprocess", display_path(&args.image)))?;
     let vector = embedder
         .embed(&tensor, 1)?

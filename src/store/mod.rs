@@ -55,7 +55,8 @@ pub enum StoreError {
         "{path}: the database holds vectors of model {stored_name} ({stored_dimension} \
          dimensions, sha256 {stored_sha256_short}...), but this run uses {name} ({dimension} \
          dimensions, sha256 {sha256_short}...){preprocessing_note}. Run with the model the \
-         database was built with (--model), or index into a new database with --db NEW.db"
+         database was built with (--model and its preprocessing), or index into a new \
+         database with --db NEW.db"
     )]
     ModelMismatch {
         path: PathBuf,
@@ -447,7 +448,7 @@ impl Store {
             String::new()
         } else {
             format!(
-                ", and the preprocessing differs (database: \"{}\", this build: \"{}\")",
+                ", and the preprocessing differs (database: \"{}\", this run: \"{}\")",
                 stored.preprocessing, model.preprocessing
             )
         };
