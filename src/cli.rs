@@ -150,8 +150,8 @@ pub enum Command {
     Index(IndexArgs),
     /// Print the indexed images most similar to an image file
     Query(QueryArgs),
-    /// Write the feature vectors of images to a file (.npy, .csv or .jsonl),
-    /// one row per image, without using the database
+    /// Write the feature vectors of images to a file (.npy, .npz, .csv or
+    /// .jsonl), one row per image, without using the database
     Embed(EmbedArgs),
     /// List the tensors of an ONNX model that can serve as the embedding
     Model(ModelArgs),
@@ -170,6 +170,9 @@ pub enum EmbedFormat {
     /// NumPy float32 array (num_images, dimension), with the paths of the
     /// rows in OUTPUT.rows.jsonl
     Npy,
+    /// NumPy archive with two arrays: features (num_images, dimension)
+    /// float32 and paths (num_images,) strings
+    Npz,
     /// One line per image: the path, then the vector's values
     Csv,
     /// One JSON object per image: {"path": ..., "vector": [...]}

@@ -164,3 +164,126 @@ fn csv_and_jsonl_carry_paths_inline() {
     let first_json = json_lines[0]["vector"][0].as_f64().unwrap();
     assert!((first_csv - first_json).abs() < 1e-6);
 }
+
+/// Reads one array of an `.npz` archive as raw `.npy` bytes.
+fn npz_entry(path: &Path, name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut entry = archive.by_name(name).unwrap();
+    assert_eq!(entry.compression(), zip::CompressionMethod::Stored);
+    let mut bytes = Vec::new();
+    entry.read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn npz_holds_features_and_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos é");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(photo(6), folder.join("b.jpg")).unwrap();
+    std::fs::copy(photo(7), folder.join("a long name.jpg")).unwrap();
+    std::fs::write(folder.join("c.jpg"), b"broken").unwrap();
+    let npz = dir.path().join("features.npz");
+    let npy = dir.path().join("features.npy");
+    for output in [&npz, &npy] {
+        let result = embed(&[folder.as_os_str(), "-o".as_ref(), output.as_os_str()]);
+        assert_eq!(result.status, 3, "{}", result.stderr);
+    }
+
+    let features_path = dir.path().join("features_from_npz.npy");
+    std::fs::write(&features_path, npz_entry(&npz, "features.npy")).unwrap();
+    let (shape, features) = read_npy(&features_path);
+    let (npy_shape, npy_values) = read_npy(&npy);
+    assert_eq!(shape, (2, 1280));
+    assert_eq!(shape, npy_shape);
+    assert_eq!(features, npy_values);
+
+    let paths = npz_entry(&npz, "paths.npy");
+    let header_len = usize::from(u16::from_le_bytes([paths[8], paths[9]]));
+    let header = std::str::from_utf8(&paths[10..10 + header_len]).unwrap();
+    let expected = [folder.join("a long name.jpg"), folder.join("b.jpg")];
+    let expected: Vec<String> = expected
+        .iter()
+        .map(|p| p.canonicalize().unwrap().to_str().unwrap().to_string())
+        .collect();
+    let width = expected.iter().map(|p| p.chars().count()).max().unwrap();
+    assert!(
+        header.starts_with(&format!(
+            "{{'descr': '<U{width}', 'fortran_order': False, 'shape': (2,), }}"
+        )),
+        "{header}"
+    );
+    let body = &paths[10 + header_len..];
+    assert_eq!(body.len(), 2 * width * 4);
+    for (row, path) in expected.iter().enumerate() {
+        let decoded: String = body[row * width * 4..(row + 1) * width * 4]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .take_while(|&c| c != 0)
+            .map(|c| char::from_u32(c).unwrap())
+            .collect();
+        assert_eq!(&decoded, path, "row {row}");
+    }
+    assert!(!dir.path().join("features.npz.partial").exists());
+    assert!(!dir.path().join("features.npz.features.partial").exists());
+    assert!(!dir.path().join("features.npz.paths.partial").exists());
+}
+
+/// Runs `imgsim embed` on `folder` into an `.npz` and returns the exit
+/// status and the process's peak resident memory in KiB.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot do
+fn embed_peak_memory(folder: &Path, output: &Path) -> (i32, i64) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_imgsim"))
+        .args(["--threads", "2", "-q", "embed"])
+        .arg(folder)
+        .arg("-o")
+        .arg(output)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data, and wait4 reaps the child spawned above,
+    // whose `Child` handle is never waited on again.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+        assert_eq!(pid, child.id() as libc::pid_t);
+        usage
+    };
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[test]
+fn memory_does_not_grow_with_image_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = common::photo_thumbnail_pairs();
+    let make_folder = |name: &str, count: usize| {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).unwrap();
+        for index in 0..count {
+            let (photo, _) = &pairs[index % pairs.len()];
+            std::fs::hard_link(photo, folder.join(format!("{index:04}.jpg"))).unwrap();
+        }
+        folder
+    };
+    let small = make_folder("small", 40);
+    let large = make_folder("large", 400);
+
+    let (status, small_peak) = embed_peak_memory(&small, &dir.path().join("small.npz"));
+    assert_eq!(status, 0);
+    let (status, large_peak) = embed_peak_memory(&large, &dir.path().join("large.npz"));
+    assert_eq!(status, 0);
+    let features = npz_entry(&dir.path().join("large.npz"), "features.npy");
+    assert_eq!(features.len(), 128 + 400 * 1280 * 4);
+
+    // Keeping every input tensor (600 KB each) or decoded photo (900 KB)
+    // would add over 200 MB for the 360 extra images.
+    let growth_mib = (large_peak - small_peak) / 1024;
+    assert!(
+        growth_mib < 40,
+        "peak memory grew by {growth_mib} MiB: {small_peak} KiB for 40 images, \
+         {large_peak} KiB for 400"
+    );
+}

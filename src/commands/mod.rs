@@ -11,6 +11,7 @@ macro_rules! outln {
 }
 
 mod embed;
+mod embed_output;
 mod index;
 mod model;
 mod progress;
