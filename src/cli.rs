@@ -153,8 +153,94 @@ pub enum Command {
     /// Write the feature vectors of images to a file (.npy, .npz, .csv or
     /// .jsonl), one row per image, without using the database
     Embed(EmbedArgs),
-    /// List the tensors of an ONNX model that can serve as the embedding
+    /// Find groups of duplicate images among the indexed ones
+    Dupes(DupesArgs),
+    /// Show a model's input, its preprocessing and the tensors that can
+    /// serve as the embedding
     Model(ModelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DupesArgs {
+    /// Also group similar images: the same scene in another shot, or copies
+    /// edited too much for a pixel match (cropped, tilted, captioned)
+    #[arg(long)]
+    pub similar: bool,
+
+    /// Cosine similarity at or above which images without a pixel match are
+    /// similar
+    #[arg(long, default_value_t = crate::dupes::DEFAULT_SIMILAR, value_name = "X",
+          value_parser = parse_unit_interval)]
+    pub similar_threshold: f32,
+
+    /// Largest pixel difference of near-identical images: mean absolute
+    /// difference in grey levels (0-255) at matched resolution
+    #[arg(long, default_value_t = crate::dupes::DEFAULT_MAX_RESIDUAL, value_name = "X",
+          value_parser = parse_non_negative)]
+    pub max_residual: f32,
+
+    /// Nearest neighbours examined per image
+    #[arg(long, default_value_t = crate::dupes::DEFAULT_NEIGHBOURS, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000).map(|n| n as usize))]
+    pub neighbours: usize,
+
+    /// HNSW candidate list size while searching (ef_search)
+    #[arg(long, default_value_t = DEFAULT_EF_SEARCH, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100000).map(|n| n as usize))]
+    pub ef_search: usize,
+
+    /// File to keep in each group
+    #[arg(long, value_enum, default_value_t = crate::dupes::KeepRule::Pixels)]
+    pub keep: crate::dupes::KeepRule,
+
+    /// Print the groups as one JSON object
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+
+    /// Print the groups as CSV, one line per file
+    #[arg(long)]
+    pub csv: bool,
+
+    /// Write a self-contained HTML page showing the groups to FILE
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+
+    /// Move the files not kept into DIR, under their full original path;
+    /// without --apply, only print what would be moved
+    #[arg(long, value_name = "DIR")]
+    pub move_to: Option<PathBuf>,
+
+    /// Carry out --move-to, writing a log of every move into DIR
+    #[arg(long, requires = "move_to")]
+    pub apply: bool,
+
+    /// Reject images with more pixels (width x height) than this when
+    /// reading them for the pixel check
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "PIXELS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: u64,
+}
+
+fn parse_unit_interval(text: &str) -> Result<f32, String> {
+    let value: f32 = text
+        .parse()
+        .map_err(|_| format!("invalid number {text:?}"))?;
+    if (-1.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is outside -1 to 1"))
+    }
+}
+
+fn parse_non_negative(text: &str) -> Result<f32, String> {
+    let value: f32 = text
+        .parse()
+        .map_err(|_| format!("invalid number {text:?}"))?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} must be 0 or more"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +381,11 @@ pub struct QueryArgs {
     /// Print results as JSON (see README for the shape)
     #[arg(long)]
     pub json: bool,
+
+    /// Write a self-contained HTML page showing the query and its results
+    /// to FILE
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 impl GlobalArgs {

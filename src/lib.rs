@@ -3,13 +3,15 @@
 //! `index` walks folders, decodes each image, embeds it with MobileNetV2
 //! through ONNX Runtime and stores the vectors in SQLite, with an HNSW
 //! graph for nearest-neighbour search; `query` embeds one image and returns
-//! the most similar indexed ones. `ARCHITECTURE.md` maps the modules.
+//! the most similar indexed ones; `dupes` groups duplicates among them.
+//! `ARCHITECTURE.md` maps the modules.
 
 pub mod ann;
 pub mod ann_cache;
 pub mod cli;
 pub mod commands;
 pub mod decode;
+pub mod dupes;
 pub mod exit;
 pub mod files;
 pub mod model;

@@ -10,6 +10,7 @@ macro_rules! outln {
     }};
 }
 
+mod dupes;
 mod embed;
 mod embed_output;
 mod index;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Index(args) => index::run(&cli.global, args),
         Command::Query(args) => query::run(&cli.global, args),
         Command::Embed(args) => embed::run(&cli.global, args),
+        Command::Dupes(args) => dupes::run(&cli.global, args),
         Command::Model(args) => model::run(&cli.global, args),
     }
 }

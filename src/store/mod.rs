@@ -616,15 +616,7 @@ impl Store {
             while let Some(row) = rows.next().map_err(to_error)? {
                 let id: i64 = row.get(0).map_err(to_error)?;
                 let bytes: Vec<u8> = row.get(1).map_err(to_error)?;
-                let vector = vector_from_bytes(&bytes).filter(|v| v.len() == dimension);
-                let Some(vector) = vector else {
-                    return Err(StoreError::CorruptVector {
-                        path: path.clone(),
-                        id,
-                        found: bytes.len(),
-                        expected: dimension * 4,
-                    });
-                };
+                let vector = checked_vector(&path, id, &bytes, dimension)?;
                 snapshot.vectors.push((id, vector));
             }
         }
@@ -663,6 +655,84 @@ impl Store {
             }
         }
         Ok(records)
+    }
+
+    /// Returns every indexed image with its file fingerprint, in id order.
+    pub fn all_images(&self) -> Result<Vec<(ImageRecord, Option<Fingerprint>)>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT id, path, file_size, modified_ns, width, height, format, animated,
+                        fingerprint
+                 FROM images ORDER BY id",
+            )
+            .map_err(|e| self.error(e))?;
+        let rows = statement
+            .query_map([], |row| {
+                let record = ImageRecord {
+                    id: row.get(0)?,
+                    path: path_from_bytes(&row.get::<_, Vec<u8>>(1)?),
+                    file_size: row.get::<_, i64>(2)? as u64,
+                    modified_ns: row.get(3)?,
+                    width: row.get(4)?,
+                    height: row.get(5)?,
+                    format: row.get(6)?,
+                    animated: row.get(7)?,
+                };
+                let fingerprint = row
+                    .get::<_, Option<Vec<u8>>>(8)?
+                    .and_then(|bytes| Fingerprint::try_from(bytes.as_slice()).ok());
+                Ok((record, fingerprint))
+            })
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.error(e))
+    }
+
+    /// Returns up to `limit` vectors of images with ids above `after_id`, in
+    /// id order, so callers can walk all vectors in bounded memory.
+    pub fn vectors_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+        dimension: usize,
+    ) -> Result<Vec<(i64, Vec<f32>)>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT id, vector FROM images WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .map_err(|e| self.error(e))?;
+        let mut rows = statement
+            .query(rusqlite::params![after_id, limit as i64])
+            .map_err(|e| self.error(e))?;
+        let mut vectors = Vec::with_capacity(limit.min(4096));
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            let id: i64 = row.get(0).map_err(|e| self.error(e))?;
+            let bytes: Vec<u8> = row.get(1).map_err(|e| self.error(e))?;
+            vectors.push((id, checked_vector(&self.path, id, &bytes, dimension)?));
+        }
+        Ok(vectors)
+    }
+
+    /// Returns the vectors of the images `ids` that exist.
+    pub fn vectors_by_ids(
+        &self,
+        ids: &[i64],
+        dimension: usize,
+    ) -> Result<HashMap<i64, Vec<f32>>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT vector FROM images WHERE id = ?1")
+            .map_err(|e| self.error(e))?;
+        let mut vectors = HashMap::with_capacity(ids.len());
+        for &id in ids {
+            let bytes: Option<Vec<u8>> = statement
+                .query_row([id], |row| row.get(0))
+                .optional()
+                .map_err(|e| self.error(e))?;
+            if let Some(bytes) = bytes {
+                vectors.insert(id, checked_vector(&self.path, id, &bytes, dimension)?);
+            }
+        }
+        Ok(vectors)
     }
 
     /// Returns the saved HNSW files recorded in the database, if any.
@@ -853,3 +923,20 @@ fn unix_seconds() -> i64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Decodes a stored vector, checking that it has `dimension` values.
+fn checked_vector(
+    database: &Path,
+    id: i64,
+    bytes: &[u8],
+    dimension: usize,
+) -> Result<Vec<f32>, StoreError> {
+    vector_from_bytes(bytes)
+        .filter(|v| v.len() == dimension)
+        .ok_or_else(|| StoreError::CorruptVector {
+            path: database.to_path_buf(),
+            id,
+            found: bytes.len(),
+            expected: dimension * 4,
+        })
+}
