@@ -16,26 +16,25 @@ fn thumbnails_find_their_photos() {
     assert_eq!(summary["indexed"], 29);
     assert_eq!(summary["failed"], 0);
 
-    let mut first = 0;
+    // By embedding alone, 26 of the 29 photos come first (a plain Pillow +
+    // onnxruntime pipeline with the same model does the same); the other
+    // three are burst frames. Re-ranking at the thumbnail's resolution by
+    // pixels puts every photo first.
     let mut misses = Vec::new();
     for (photo, thumbnail) in &pairs {
         let results = query(&database, thumbnail, 3);
-        let rank = results.iter().position(|(path, _)| path == photo);
-        match rank {
-            Some(0) => first += 1,
-            Some(1) => misses.push(format!("{} second", thumbnail.display())),
-            _ => panic!(
-                "{}: its photo is not in the first two: {results:?}",
-                thumbnail.display()
-            ),
+        if results[0].0 != *photo {
+            misses.push(format!(
+                "{} -> {}",
+                thumbnail.display(),
+                results[0].0.display()
+            ));
         }
     }
-    // A plain Pillow + onnxruntime pipeline with the same model ranks 26 of
-    // the 29 photos first. The other three are burst frames that a 120x90
-    // thumbnail cannot tell apart.
     assert!(
-        first >= 26,
-        "only {first} of 29 thumbnails found their photo first: {misses:?}"
+        misses.is_empty(),
+        "{} of 29 missed: {misses:?}",
+        misses.len()
     );
 }
 

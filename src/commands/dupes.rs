@@ -298,7 +298,7 @@ struct MoveRecord {
 
 /// Moves every non-keeper to `dir` under its full path, or only prints the
 /// plan when `apply` is false. Moves are logged to a JSON-lines file in
-/// `dir` before the database forgets the moved files; existing files are
+/// `dir` before their rows are deleted from the database. Existing files are
 /// never overwritten.
 fn move_duplicates(
     store: &mut Store,

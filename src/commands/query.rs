@@ -9,6 +9,9 @@ use crate::ann::AnnParams;
 use crate::ann_cache;
 use crate::cli::{GlobalArgs, QueryArgs};
 use crate::decode::{decode_file, DecodeOptions};
+use crate::dupes;
+use crate::dupes::html::{render_page, Card, Section};
+use crate::dupes::pixels::{residual, Signature};
 use crate::exit::Status;
 use crate::paths::{display_path, non_utf8_hex};
 use crate::store::{ImageRecord, OpenMode, Store};
@@ -26,6 +29,10 @@ pub struct QueryResult {
     pub file_size: u64,
     pub format: String,
     pub animated: bool,
+    /// Pixel difference at the query's resolution, for results re-ranked
+    /// because the query is much smaller than they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pixel_residual: Option<f32>,
     #[serde(skip)]
     pub raw_path: PathBuf,
 }
@@ -78,16 +85,27 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
         ..ann_cache::saved_build_params(&store)?
     };
     let live = ann_cache::load_current(&mut store, embedder.identity().dimension, &params)?;
+    let wanted = args.k.max(RERANK_CANDIDATES);
     let neighbours = live
         .index
-        .search(&vector, args.k, params.ef_search, &|id| live.is_live(id));
+        .search(&vector, wanted, params.ef_search.max(wanted), &|id| {
+            live.is_live(id)
+        });
     let ids: Vec<i64> = neighbours.iter().map(|n| n.id).collect();
     let records = store.images_by_ids(&ids)?;
-    let results: Vec<QueryResult> = neighbours
+    let found: Vec<(f32, &ImageRecord)> = neighbours
         .iter()
         .filter_map(|n| records.get(&n.id).map(|record| (n.similarity, record)))
+        .collect();
+    let results: Vec<QueryResult> = rerank_small_query(&decoded.pixels, found, &options)
+        .into_iter()
+        .take(args.k)
         .enumerate()
-        .map(|(position, (similarity, record))| to_result(position + 1, similarity, record))
+        .map(|(position, (similarity, residual, record))| {
+            let mut result = to_result(position + 1, similarity, record);
+            result.pixel_residual = residual;
+            result
+        })
         .collect();
 
     if args.json {
@@ -114,7 +132,101 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
             )?;
         }
     }
+    if let Some(html) = &args.html {
+        write_html(html, &args.image, &results, &options)?;
+        if !global.quiet {
+            eprintln!("wrote {}", display_path(html));
+        }
+    }
     Ok(Status::Success)
+}
+
+/// Candidates looked at when re-ranking: the true photo of a thumbnail is
+/// within the first two by embedding on the sample photos.
+const RERANK_CANDIDATES: usize = 20;
+
+/// Re-ranks results when the query is much smaller than some of them (half
+/// their long side or less): a thumbnail embeds differently from its photo,
+/// so candidates whose pixels match the query at the query's resolution
+/// come first, by pixel residual, and the rest keep their order. Returns
+/// (similarity, residual, record) triples.
+fn rerank_small_query<'a>(
+    query: &image::RgbImage,
+    found: Vec<(f32, &'a ImageRecord)>,
+    options: &DecodeOptions,
+) -> Vec<(f32, Option<f32>, &'a ImageRecord)> {
+    use rayon::prelude::*;
+    let query_side = query.width().max(query.height());
+    let much_larger = |record: &ImageRecord| record.width.max(record.height) >= 2 * query_side;
+    if !found.iter().any(|(_, record)| much_larger(record)) {
+        return found.into_iter().map(|(s, r)| (s, None, r)).collect();
+    }
+    let query_signature = Signature::of(query);
+    let limit = dupes::thumbnail_residual_limit(dupes::DEFAULT_MAX_RESIDUAL);
+    let scored: Vec<(f32, Option<f32>, &ImageRecord)> = found
+        .into_par_iter()
+        .map(|(similarity, record)| {
+            let residual = decode_file(&record.path, options)
+                .ok()
+                .and_then(|decoded| residual(&query_signature, &Signature::of(&decoded.pixels)))
+                .filter(|&r| r <= limit);
+            (similarity, residual, record)
+        })
+        .collect();
+    let (mut matched, rest): (Vec<_>, Vec<_>) =
+        scored.into_iter().partition(|(_, r, _)| r.is_some());
+    matched.sort_by(|a, b| {
+        a.1.unwrap_or(f32::INFINITY)
+            .total_cmp(&b.1.unwrap_or(f32::INFINITY))
+    });
+    matched.extend(rest);
+    matched
+}
+
+fn write_html(
+    path: &std::path::Path,
+    query: &std::path::Path,
+    results: &[QueryResult],
+    options: &DecodeOptions,
+) -> anyhow::Result<()> {
+    let query_card = Card {
+        path: std::path::absolute(query).unwrap_or_else(|_| query.to_path_buf()),
+        badge: "query".to_string(),
+        details: Vec::new(),
+        attributes: vec![("query", "true".to_string())],
+    };
+    let cards = results
+        .iter()
+        .map(|result| Card {
+            path: result.raw_path.clone(),
+            badge: format!("#{}", result.rank),
+            details: vec![
+                format!("similarity {:.4}", result.similarity),
+                format!(
+                    "{}x{}, {} bytes, {}",
+                    result.width, result.height, result.file_size, result.format
+                ),
+            ],
+            attributes: vec![("rank", result.rank.to_string())],
+        })
+        .collect();
+    let sections = [
+        Section {
+            title: "Query".to_string(),
+            class: "query",
+            attributes: Vec::new(),
+            cards: vec![query_card],
+        },
+        Section {
+            title: format!("{} most similar images", results.len()),
+            class: "results",
+            attributes: Vec::new(),
+            cards,
+        },
+    ];
+    let summary = format!("Results for {}", display_path(query));
+    let page = render_page("Similar images", &summary, &sections, options);
+    super::dupes::write_atomically(path, page.as_bytes())
 }
 
 fn to_result(rank: usize, similarity: f32, record: &ImageRecord) -> QueryResult {
@@ -128,6 +240,7 @@ fn to_result(rank: usize, similarity: f32, record: &ImageRecord) -> QueryResult 
         file_size: record.file_size,
         format: record.format.clone(),
         animated: record.animated,
+        pixel_residual: None,
         raw_path: record.path.clone(),
     }
 }

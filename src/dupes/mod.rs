@@ -56,6 +56,12 @@ const THUMBNAIL_FACTOR: f32 = 4.0;
 /// model.
 const CANDIDATE_FLOOR: f32 = 0.5;
 
+/// Returns the largest residual of a pair with a thumbnail for a given
+/// maximum residual.
+pub fn thumbnail_residual_limit(max_residual: f32) -> f32 {
+    max_residual * THUMBNAIL_FACTOR
+}
+
 /// Residual above which two pictures do not line up at all: a crop, tilt
 /// or rotation, or another view. Pictures that line up but differ more than
 /// a copy (burst frames) score between the maximum and this.
@@ -375,7 +381,7 @@ fn classify(links: &mut [Link], small: &HashSet<i64>, settings: &DupesSettings) 
                 .all(|id| best.get(id).is_none_or(|&b| residual <= b * MARGIN_FACTOR))
         };
         let thumbnail_match = is_small(link)
-            && residual <= settings.max_residual * THUMBNAIL_FACTOR
+            && residual <= thumbnail_residual_limit(settings.max_residual)
             && best_of_both();
         if residual <= settings.max_residual || thumbnail_match {
             link.tier = Tier::NearIdentical;

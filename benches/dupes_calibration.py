@@ -1,0 +1,117 @@
+"""Precision and recall of `imgsim dupes` on edited copies of real photos.
+
+Makes eight edited copies of each 640-px sample photo (JPEG quality 40, half
+size, a small crop, 35% brighter, stored rotated with an EXIF orientation,
+PNG, a caption band, a 4-degree tilt), adds the photo's camera thumbnail,
+indexes everything with imgsim, runs `imgsim dupes --json` and counts pairs:
+a true pair is two files made from the same photo; a found pair is two files
+in the same group. Burst frames of one scene are different photos, so
+grouping them counts against precision.
+
+Run from the repository root, with Pillow installed:
+
+    python3 -m venv /tmp/bench-venv
+    /tmp/bench-venv/bin/pip install -r benches/requirements.txt
+    /tmp/bench-venv/bin/python benches/dupes_calibration.py
+
+Options pass through to `imgsim dupes` after `--`, for example
+`-- --max-residual 1.5`.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+ROOT = Path(__file__).resolve().parent.parent
+EDITS = ["orig", "thumb", "q40", "half", "crop", "bright", "exifrot", "png", "caption", "tilt"]
+
+
+def make_set(photos: Path, out: Path) -> dict:
+    """Writes the edited copies and returns file name -> source photo."""
+    groups = json.loads((photos / "groups.json").read_text())
+    truth = {}
+    for source, (original, thumbnail) in groups.items():
+        image = ImageOps.exif_transpose(Image.open(photos / original)).convert("RGB")
+        width, height = image.size
+
+        def save(edit, picture, suffix=".jpg", **options):
+            name = f"{source}__{edit}{suffix}"
+            picture.save(out / name, **options)
+            truth[name] = source
+
+        save("orig", image, quality=95)
+        save("thumb", Image.open(photos / thumbnail).convert("RGB"), quality=95)
+        save("q40", image, quality=40)
+        save("half", image.resize((width // 2, height // 2), Image.LANCZOS), quality=90)
+        crop_box = (int(width * 0.06), int(height * 0.04), width - int(width * 0.03), height - int(height * 0.05))
+        save("crop", image.crop(crop_box), quality=90)
+        save("bright", ImageEnhance.Brightness(image).enhance(1.35), quality=90)
+        exif = Image.Exif()
+        exif[0x0112] = 8  # rotate 90 degrees counter-clockwise to display
+        save("exifrot", image.transpose(Image.ROTATE_270), quality=90, exif=exif.tobytes())
+        save("png", image, suffix=".png")
+        captioned = image.copy()
+        draw = ImageDraw.Draw(captioned)
+        draw.rectangle((0, height - height // 8, width, height), fill=(0, 0, 0))
+        draw.text((10, height - height // 10), "Holiday 2003 - all rights reserved", fill=(255, 255, 255))
+        save("caption", captioned, quality=90)
+        save("tilt", image.rotate(4, resample=Image.BICUBIC), quality=90)
+    return truth
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--imgsim", default=str(ROOT / "target/release/imgsim"))
+    parser.add_argument("--photos", default=str(ROOT.parent / "shared/testdata/photos"))
+    parser.add_argument("dupes_args", nargs="*", help="extra options for imgsim dupes")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        images = scratch / "set"
+        images.mkdir()
+        truth = make_set(Path(args.photos), images)
+        database = scratch / "set.db"
+        subprocess.run([args.imgsim, "--db", database, "index", "-q", images], check=True)
+        output = subprocess.run(
+            [args.imgsim, "--db", database, "-q", "dupes", "--json", *args.dupes_args],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    groups = json.loads(output)["groups"]
+    group_of = {}
+    for number, group in enumerate(groups):
+        for member in group["members"]:
+            group_of[os.path.basename(member["path"])] = number
+
+    found = true_pairs = hits = 0
+    missed = Counter()
+    for a, b in itertools.combinations(sorted(truth), 2):
+        same = truth[a] == truth[b]
+        grouped = a in group_of and group_of.get(a) == group_of.get(b)
+        true_pairs += same
+        found += grouped
+        hits += same and grouped
+        if same and not grouped:
+            for name in (a, b):
+                missed[name.split("__")[-1].split(".")[0]] += 1
+    precision = hits / found if found else 1.0
+    recall = hits / true_pairs
+    print(f"files {len(truth)}, groups {len(groups)}, true pairs {true_pairs}, found pairs {found}")
+    print(f"precision {precision:.3f}  recall {recall:.3f}")
+    print("missed pairs by edit (a pair counts for both its files):")
+    for edit in EDITS:
+        print(f"  {edit:8s} {missed[edit]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

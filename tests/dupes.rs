@@ -1,0 +1,559 @@
+//! `imgsim dupes` on real photos: thumbnails and their photos, copies made
+//! by others, a 10,000-image database, moving duplicates aside, and the
+//! HTML report rendered by a real browser.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn dupes_json(database: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["dupes", "--json"];
+    args.extend_from_slice(extra);
+    let run = common::run(database, args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    run.json()
+}
+
+/// Returns each group as the set of its members' file names.
+fn group_names(output: &Value) -> Vec<BTreeSet<String>> {
+    output["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|group| {
+            group["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| file_name(m["path"].as_str().unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn index_photos(database: &Path) {
+    let (run, summary) = common::index(database, &[common::photos_dir()]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(summary["indexed"], 58);
+}
+
+#[test]
+fn thumbnails_pair_with_their_photos_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("photos.db");
+    index_photos(&database);
+    let output = dupes_json(&database, &[]);
+
+    let expected: BTreeSet<BTreeSet<String>> = common::photo_thumbnail_pairs()
+        .iter()
+        .map(|(photo, thumbnail)| {
+            [photo, thumbnail]
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        })
+        .collect();
+    let found: BTreeSet<BTreeSet<String>> = group_names(&output).into_iter().collect();
+    let missing: Vec<_> = expected.difference(&found).collect();
+    let unexpected: Vec<_> = found.difference(&expected).collect();
+    assert!(missing.is_empty(), "pairs not found: {missing:?}");
+    assert!(unexpected.is_empty(), "wrong groups: {unexpected:?}");
+    assert_eq!(output["summary"]["groups"], 29);
+    assert_eq!(output["summary"]["duplicates"], 29);
+
+    for group in output["groups"].as_array().unwrap() {
+        assert_eq!(group["tier"], "near-identical", "{group}");
+        let members = group["members"].as_array().unwrap();
+        // The 640x480 photo is kept over its 120x90 thumbnail.
+        assert_eq!(members[0]["keeper"], true);
+        assert_eq!(
+            members[0]["width"].as_u64().unwrap() * members[0]["height"].as_u64().unwrap(),
+            640 * 480
+        );
+        assert!(!members[0]["path"].as_str().unwrap().contains("__tn_"));
+        assert_eq!(members[1]["keeper"], false);
+        let similarity = members[1]["similarity"].as_f64().unwrap();
+        assert!((0.5..1.0).contains(&similarity), "{similarity}");
+    }
+}
+
+#[test]
+fn copies_from_imagededup_are_grouped_by_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("ukbench.db");
+    let (run, summary) = common::index(&database, &[common::imagededup_dir()]);
+    assert_eq!(run.status, 3, "the corrupt file fails: {}", run.stderr);
+    assert_eq!(summary["indexed"], 18);
+    let output = dupes_json(&database, &[]);
+    let groups = group_names(&output);
+
+    let with = |name: &str| -> &BTreeSet<String> {
+        groups
+            .iter()
+            .find(|g| g.contains(name))
+            .unwrap_or_else(|| panic!("{name} is in no group: {groups:?}"))
+    };
+    let copies = with("ukbench09380.jpg");
+    for name in [
+        "ukbench09380_copy.bmp",
+        "ukbench09380_copy.jpeg",
+        "ukbench09380_copy.png",
+        "ukbench09380_copy.webp",
+    ] {
+        assert!(copies.contains(name), "{name} missing from {copies:?}");
+    }
+    let edited = with("ukbench00120.jpg");
+    for name in ["ukbench00120_gray.jpg", "ukbench00120_resize.jpg"] {
+        assert!(edited.contains(name), "{name} missing from {edited:?}");
+    }
+    // NOTE: ukbench00120_rotation.jpg (turned about 20 degrees and zoomed)
+    // is not grouped: its cosine similarity is 0.78 and its pixels do not
+    // line up.
+
+    // Byte-identical copies are identical-tier members.
+    let tiers: HashMap<String, String> = output["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["members"].as_array().unwrap().iter())
+        .map(|m| {
+            (
+                file_name(m["path"].as_str().unwrap()),
+                m["tier"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for name in [
+        "ukbench09380.jpg",
+        "ukbench09380_copy.bmp",
+        "ukbench09380_copy.jpeg",
+        "ukbench09380_copy.png",
+    ] {
+        assert_eq!(tiers[name], "identical", "{name}");
+    }
+
+    for unrelated in [
+        "ukbench01380.jpg",
+        "ukbench08976.jpg",
+        "ukbench08996.jpg",
+        "ukbench09012.jpg",
+        "ukbench09040.jpg",
+        "ukbench09060.jpg",
+        "ukbench09268.jpg",
+        "ukbench09348.jpg",
+    ] {
+        assert!(
+            groups.iter().all(|g| !g.contains(unrelated)),
+            "{unrelated} was grouped: {groups:?}"
+        );
+    }
+}
+
+#[test]
+fn text_and_csv_list_the_same_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("ukbench.db");
+    common::index(&database, &[common::imagededup_dir()]);
+    let text = common::run(&database, ["dupes"]);
+    assert_eq!(text.status, 0, "{}", text.stderr);
+    let csv = common::run(&database, ["dupes", "--csv"]);
+    assert_eq!(csv.status, 0, "{}", csv.stderr);
+    let json = dupes_json(&database, &[]);
+
+    let groups = json["groups"].as_array().unwrap();
+    let members: usize = groups
+        .iter()
+        .map(|g| g["members"].as_array().unwrap().len())
+        .sum();
+    let lines: Vec<&str> = csv.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "group,tier,keeper,path,width,height,file_size,similarity,member_tier"
+    );
+    assert_eq!(lines.len(), members + 1);
+    assert_eq!(text.stdout.matches("  keep  ").count(), groups.len());
+    assert!(text.stdout.starts_with("group 1 ("), "{}", text.stdout);
+    assert!(
+        text.stderr.contains(&format!("{} groups", groups.len())),
+        "{}",
+        text.stderr
+    );
+}
+
+#[test]
+fn move_to_is_a_dry_run_until_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    let (photo, thumbnail) = common::photo_thumbnail_pairs()[0].clone();
+    std::fs::copy(&photo, folder.join("photo.jpg")).unwrap();
+    std::fs::copy(&thumbnail, folder.join("thumbnail.jpg")).unwrap();
+    std::fs::copy(&photo, folder.join("copy.jpg")).unwrap();
+    let (other, _) = common::photo_thumbnail_pairs()[10].clone();
+    std::fs::copy(&other, folder.join("other.jpg")).unwrap();
+    let database = dir.path().join("index.db");
+    let (run, _) = common::index(&database, &[&folder]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let quarantine = dir.path().join("quarantine");
+
+    let dry = common::run(
+        &database,
+        [
+            "dupes".as_ref(),
+            "--move-to".as_ref(),
+            quarantine.as_os_str(),
+        ],
+    );
+    assert_eq!(dry.status, 0, "{}", dry.stderr);
+    assert!(
+        dry.stderr.contains("dry run: 2 files would be moved"),
+        "{}",
+        dry.stderr
+    );
+    assert!(!quarantine.exists());
+    assert!(folder.join("thumbnail.jpg").exists());
+
+    let applied = common::run(
+        &database,
+        [
+            "dupes".as_ref(),
+            "--move-to".as_ref(),
+            quarantine.as_os_str(),
+            "--apply".as_ref(),
+        ],
+    );
+    assert_eq!(applied.status, 0, "{}", applied.stderr);
+    let canonical = folder.canonicalize().unwrap();
+    let kept: Vec<&str> = ["photo.jpg", "other.jpg"].to_vec();
+    for name in kept {
+        assert!(folder.join(name).exists(), "{name} was moved");
+    }
+    // Of the two byte-identical files, the older or first by path is kept;
+    // the other and the thumbnail move under their full path.
+    let moved: Vec<PathBuf> = ["copy.jpg", "thumbnail.jpg"]
+        .iter()
+        .map(|name| common_moved(&quarantine, &canonical.join(name)))
+        .collect();
+    assert!(moved[1].exists(), "thumbnail not at {}", moved[1].display());
+    assert!(!folder.join("thumbnail.jpg").exists());
+    let copies_left = ["photo.jpg", "copy.jpg"]
+        .iter()
+        .filter(|name| folder.join(name).exists())
+        .count();
+    assert_eq!(copies_left, 1);
+
+    let logs: Vec<PathBuf> = std::fs::read_dir(&quarantine)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(logs.len(), 1);
+    let log = std::fs::read_to_string(&logs[0]).unwrap();
+    let entries: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    for entry in &entries {
+        let to = PathBuf::from(entry["to"].as_str().unwrap());
+        assert!(to.exists(), "{}", to.display());
+        assert!(!Path::new(entry["from"].as_str().unwrap()).exists());
+    }
+
+    // The moved files are gone from the database too.
+    let after = dupes_json(&database, &[]);
+    assert_eq!(after["summary"]["images"], 2);
+    assert_eq!(after["summary"]["groups"], 0);
+}
+
+fn common_moved(dir: &Path, original: &Path) -> PathBuf {
+    dir.join(original.strip_prefix("/").unwrap())
+}
+
+/// Peak resident memory of a finished child, in KiB.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot do
+fn run_with_peak_memory(mut command: std::process::Command) -> (i32, i64, String) {
+    let output_path = tempfile::NamedTempFile::new().unwrap();
+    let child = command
+        .stdout(std::fs::File::create(output_path.path()).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data, and wait4 reaps the child spawned above,
+    // whose `Child` handle is never waited on again.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+        assert_eq!(pid, child.id() as libc::pid_t);
+        usage
+    };
+    let stdout = std::fs::read_to_string(output_path.path()).unwrap();
+    (libc::WEXITSTATUS(status), usage.ru_maxrss, stdout)
+}
+
+/// Deterministic pseudo-random unit vector.
+fn random_unit(seed: u64, dimension: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut vector: Vec<f32> = (0..dimension)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    vector.iter_mut().for_each(|v| *v /= norm);
+    vector
+}
+
+#[test]
+fn ten_thousand_images_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("large.db");
+    // One real image creates the schema and records the model.
+    let (photo, _) = common::photo_thumbnail_pairs()[0].clone();
+    let (run, _) = common::index(&database, &[&photo]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+
+    // 4,000 random vectors, each with a near copy (cosine about 0.98), and
+    // 2,000 loners; their files do not exist, so only embeddings decide.
+    let dimension = 1280;
+    let connection = rusqlite::Connection::open(&database).unwrap();
+    connection.execute("DELETE FROM images", []).unwrap();
+    let mut statement = connection
+        .prepare(
+            "INSERT INTO images (path, file_size, modified_ns, width, height, format, vector, indexed_at)
+             VALUES (?1, 1000, 0, 640, 480, 'jpeg', ?2, 0)",
+        )
+        .unwrap();
+    let transaction_start = connection.execute("BEGIN", []);
+    transaction_start.unwrap();
+    let to_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    for base in 0..4000u64 {
+        let original = random_unit(base + 1, dimension);
+        let noise = random_unit(base + 1_000_001, dimension);
+        let mut copy: Vec<f32> = original
+            .iter()
+            .zip(&noise)
+            .map(|(o, n)| o + 0.2 * n)
+            .collect();
+        let norm = copy.iter().map(|v| v * v).sum::<f32>().sqrt();
+        copy.iter_mut().for_each(|v| *v /= norm);
+        statement
+            .execute(rusqlite::params![
+                format!("/missing/{base:05}.jpg").into_bytes(),
+                to_bytes(&original)
+            ])
+            .unwrap();
+        statement
+            .execute(rusqlite::params![
+                format!("/missing/{base:05}_copy.jpg").into_bytes(),
+                to_bytes(&copy)
+            ])
+            .unwrap();
+    }
+    for loner in 0..2000u64 {
+        let vector = random_unit(loner + 5_000_001, dimension);
+        statement
+            .execute(rusqlite::params![
+                format!("/missing/loner{loner:05}.jpg").into_bytes(),
+                to_bytes(&vector)
+            ])
+            .unwrap();
+    }
+    connection.execute("COMMIT", []).unwrap();
+    drop(statement);
+    drop(connection);
+
+    let mut command = common::imgsim(&database);
+    command.args(["-q", "dupes", "--json"]);
+    let (status, peak_kib, stdout) = run_with_peak_memory(command);
+    assert_eq!(status, 0);
+    let output: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(output["summary"]["images"], 10_000);
+    assert_eq!(
+        output["summary"]["unreadable"], 8_000,
+        "only grouped files are read"
+    );
+    let groups = group_names(&output);
+    assert_eq!(groups.len(), 4000);
+    for group in &groups {
+        let names: Vec<&String> = group.iter().collect();
+        assert_eq!(names.len(), 2, "{group:?}");
+        assert_eq!(
+            names[0].replace(".jpg", "_copy.jpg"),
+            *names[1],
+            "{group:?}"
+        );
+    }
+    // The vectors alone are 51 MB and the HNSW graph about as much again;
+    // a 10,000 x 10,000 similarity matrix would be 400 MB.
+    let peak_mib = peak_kib / 1024;
+    assert!(peak_mib < 300, "peak memory {peak_mib} MiB");
+}
+
+/// Runs headless Chromium with the flags this machine needs (no sandbox as
+/// root, no background network traffic) and returns its stdout.
+fn chromium(profile: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let output = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=15000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium is installed (Debian package chromium)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Loads `page` in an iframe of a harness page and returns what the
+/// rendered DOM shows: group count, image count and natural widths.
+fn rendered(dir: &Path, page: &Path) -> Value {
+    let harness = dir.join("harness.html");
+    let script = r#"
+      function check() {
+        // The iframe's load event fires after all its images have loaded
+        // or failed; a failed image has a natural width of 0.
+        const doc = document.getElementById('page').contentDocument;
+        const images = Array.from(doc.images);
+        const widths = images.map(i => (i.complete ? i.naturalWidth : 0));
+        document.getElementById('result').textContent = JSON.stringify({
+          groups: doc.querySelectorAll('section[data-group]').length,
+          results: doc.querySelectorAll('figure[data-rank]').length,
+          keepers: doc.querySelectorAll('figure[data-keeper=true]').length,
+          images: images.length,
+          widths: widths,
+        });
+      }"#;
+    std::fs::write(
+        &harness,
+        format!(
+            "<!DOCTYPE html><html><body><pre id=\"result\">pending</pre>\
+             <script>{script}</script>\
+             <iframe id=\"page\" src=\"{}\" onload=\"check()\"></iframe></body></html>",
+            page.file_name().unwrap().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let dom = chromium(
+        &dir.join("profile"),
+        &["--dump-dom".as_ref(), harness.as_os_str()],
+    );
+    let json = dom
+        .split("<pre id=\"result\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no result in {dom}"));
+    serde_json::from_str(&json.replace("&quot;", "\"")).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+fn screenshot(dir: &Path, page: &Path, name: &str) {
+    let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&folder).unwrap();
+    let file = folder.join(name);
+    chromium(
+        &dir.join("profile"),
+        &[
+            format!("--screenshot={}", file.display()).as_ref(),
+            "--window-size=1280,1600".as_ref(),
+            page.as_os_str(),
+        ],
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(bytes.len() > 20_000, "screenshot of {} bytes", bytes.len());
+}
+
+#[test]
+fn html_report_renders_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("photos.db");
+    index_photos(&database);
+    let page = dir.path().join("dupes.html");
+    let run = common::run(
+        &database,
+        [
+            "dupes".as_ref(),
+            "-q".as_ref(),
+            "--html".as_ref(),
+            page.as_os_str(),
+        ],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !html.contains("src=\"file:"),
+        "thumbnails are embedded, not linked"
+    );
+    assert_eq!(html.matches("src=\"data:image/jpeg;base64,").count(), 58);
+
+    let shown = rendered(dir.path(), &page);
+    assert_eq!(shown["groups"], 29, "{shown}");
+    assert_eq!(shown["keepers"], 29, "{shown}");
+    assert_eq!(shown["images"], 58, "{shown}");
+    let widths = shown["widths"].as_array().unwrap();
+    assert!(widths.iter().all(|w| w.as_u64().unwrap() > 0), "{shown}");
+    screenshot(dir.path(), &page, "dupes.png");
+}
+
+#[test]
+fn query_html_shows_query_and_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("photos.db");
+    index_photos(&database);
+    let (photo, thumbnail) = common::photo_thumbnail_pairs()[5].clone();
+    let page = dir.path().join("query.html");
+    let run = common::run(
+        &database,
+        [
+            "query".as_ref(),
+            thumbnail.as_os_str(),
+            "-k".as_ref(),
+            "6".as_ref(),
+            "--json".as_ref(),
+            "--html".as_ref(),
+            page.as_os_str(),
+        ],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let results = run.json()["results"].as_array().unwrap().clone();
+    // The thumbnail itself is indexed too, so it comes first; its photo is
+    // next, re-ranked by pixels at the thumbnail's resolution.
+    assert_eq!(results[0]["path"], thumbnail.to_str().unwrap());
+    assert_eq!(results[1]["path"], photo.to_str().unwrap());
+    assert!(results[1]["pixel_residual"].as_f64().unwrap() < 4.8);
+
+    let shown = rendered(dir.path(), &page);
+    assert_eq!(shown["results"], 6, "{shown}");
+    assert_eq!(shown["images"], 7, "{shown}");
+    let widths = shown["widths"].as_array().unwrap();
+    assert!(widths.iter().all(|w| w.as_u64().unwrap() > 0), "{shown}");
+    screenshot(dir.path(), &page, "query.png");
+}
