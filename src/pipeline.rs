@@ -228,11 +228,16 @@ fn embed_all(
 ) -> Result<(), PipelineError> {
     let batch_size = settings.batch_size.max(1);
     let preprocessing = embedder.preprocessing().clone();
+    let decode_options = DecodeOptions::for_side(
+        settings.decode.max_pixels,
+        preprocessing.width.min(preprocessing.height),
+    );
     let decoded = AtomicUsize::new(0);
     let result = std::thread::scope(|scope| {
         let (sender, receiver) = sync_channel::<Batch>(BATCHES_IN_FLIGHT);
         let decoded = &decoded;
         let preprocessing = &preprocessing;
+        let decode_options = &decode_options;
         scope.spawn(move || {
             for chunk in to_embed.chunks(batch_size) {
                 if cancel.load(Ordering::SeqCst) {
@@ -240,7 +245,7 @@ fn embed_all(
                 }
                 decoded.fetch_add(chunk.len(), Ordering::Relaxed);
                 let batch = Batch {
-                    results: prepare_batch(chunk, &settings.decode, preprocessing, observer),
+                    results: prepare_batch(chunk, decode_options, preprocessing, observer),
                     replaced_paths: chunk
                         .iter()
                         .filter(|item| item.replaces)
@@ -325,8 +330,8 @@ fn prepare_one(
         })?;
     Ok(Prepared {
         item: item.clone(),
-        width: decoded.pixels.width(),
-        height: decoded.pixels.height(),
+        width: decoded.width,
+        height: decoded.height,
         format: decoded.format,
         animated: decoded.animated,
         tensor,

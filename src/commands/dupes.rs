@@ -12,6 +12,7 @@ use crate::ann_cache;
 use crate::cli::{DupesArgs, GlobalArgs};
 use crate::decode::DecodeOptions;
 use crate::dupes::html::{render_page, Card, Section};
+use crate::dupes::pixels::SIGNATURE_SIDE;
 use crate::dupes::{find_groups, moved_path, DupesSettings, DupesSummary, Group};
 use crate::exit::Status;
 use crate::paths::{display_path, non_utf8_hex};
@@ -75,9 +76,7 @@ pub fn run(global: &GlobalArgs, args: &DupesArgs) -> anyhow::Result<Status> {
         max_residual: args.max_residual,
         include_similar: args.similar,
         keep: args.keep,
-        decode: DecodeOptions {
-            max_pixels: args.max_pixels,
-        },
+        decode: DecodeOptions::for_side(args.max_pixels, SIGNATURE_SIDE),
     };
     let params = AnnParams {
         ef_search: args.ef_search,

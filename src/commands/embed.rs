@@ -27,10 +27,11 @@ pub fn run(global: &GlobalArgs, args: &EmbedArgs) -> anyhow::Result<Status> {
     for failure in &scan.failures {
         eprintln!("{}: {}", display_path(&failure.path), failure.reason);
     }
-    let options = DecodeOptions {
-        max_pixels: args.max_pixels,
-    };
     let preprocessing = embedder.preprocessing().clone();
+    let options = DecodeOptions::for_side(
+        args.max_pixels,
+        preprocessing.width.min(preprocessing.height),
+    );
     let mut writer = RowWriter::create(&args.output, format, dimension)?;
     for chunk in scan.candidates.chunks(args.batch_size.max(1)) {
         let prepared: Vec<_> = chunk

@@ -56,6 +56,7 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
         batch_size: args.batch_size,
         decode: DecodeOptions {
             max_pixels: args.max_pixels,
+            reduce_to: None,
         },
         scan: ScanOptions {
             follow_links: args.follow_links,

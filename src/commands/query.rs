@@ -11,7 +11,7 @@ use crate::cli::{GlobalArgs, QueryArgs};
 use crate::decode::{decode_file, DecodeOptions};
 use crate::dupes;
 use crate::dupes::html::{render_page, Card, Section};
-use crate::dupes::pixels::{residual, Signature};
+use crate::dupes::pixels::{residual, Signature, SIGNATURE_SIDE};
 use crate::exit::Status;
 use crate::paths::{display_path, non_utf8_hex};
 use crate::store::{ImageRecord, OpenMode, Store};
@@ -59,9 +59,8 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
     let mut embedder = super::load_embedder(global)?;
     store.check_model(embedder.identity())?;
 
-    let options = DecodeOptions {
-        max_pixels: args.max_pixels,
-    };
+    let input = embedder.preprocessing();
+    let options = DecodeOptions::for_side(args.max_pixels, input.width.min(input.height));
     let decoded = decode_file(&args.image, &options)?;
     if !global.quiet {
         for warning in &decoded.warnings {
@@ -162,11 +161,12 @@ fn rerank_small_query<'a>(
         return found.into_iter().map(|(s, r)| (s, None, r)).collect();
     }
     let query_signature = Signature::of(query);
+    let options = DecodeOptions::for_side(options.max_pixels, SIGNATURE_SIDE);
     let limit = dupes::thumbnail_residual_limit(dupes::DEFAULT_MAX_RESIDUAL);
     let scored: Vec<(f32, Option<f32>, &ImageRecord)> = found
         .into_par_iter()
         .map(|(similarity, record)| {
-            let residual = decode_file(&record.path, options)
+            let residual = decode_file(&record.path, &options)
                 .ok()
                 .and_then(|decoded| residual(&query_signature, &Signature::of(&decoded.pixels)))
                 .filter(|&r| r <= limit);

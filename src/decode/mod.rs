@@ -44,18 +44,35 @@ const MAX_FILE_BYTES_PER_PIXEL: u64 = 8;
 /// Files up to this size are always read, whatever the pixel cap.
 const MIN_FILE_BYTES_LIMIT: u64 = 64 << 20;
 
-/// Decoding limits.
+/// Decoding limits and the resolution needed.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeOptions {
     /// Largest width x height accepted; larger images are rejected before
     /// their pixels are allocated.
     pub max_pixels: u64,
+    /// Smallest short side, in pixels, that a JPEG may be reduced to while
+    /// it is decoded (by 1/2, 1/4 or 1/8, in the DCT domain, which costs a
+    /// fraction of a full decode). `None` decodes at full size.
+    pub reduce_to: Option<u32>,
 }
 
 impl Default for DecodeOptions {
     fn default() -> Self {
         DecodeOptions {
             max_pixels: DEFAULT_MAX_PIXELS,
+            reduce_to: None,
+        }
+    }
+}
+
+impl DecodeOptions {
+    /// Options that let JPEGs be reduced to twice `side` on their short
+    /// side: enough margin that a picture later resized to `side` looks as
+    /// if it had been decoded at full size.
+    pub fn for_side(max_pixels: u64, side: u32) -> DecodeOptions {
+        DecodeOptions {
+            max_pixels,
+            reduce_to: Some(side.saturating_mul(2)),
         }
     }
 }
@@ -63,7 +80,11 @@ impl Default for DecodeOptions {
 /// A decoded picture, upright, as 8-bit RGB.
 #[derive(Debug)]
 pub struct DecodedImage {
+    /// The pixels, reduced when [`DecodeOptions::reduce_to`] allowed it.
     pub pixels: RgbImage,
+    /// Upright size of the picture at full resolution.
+    pub width: u32,
+    pub height: u32,
     /// Format name sniffed from the content, lowercase (`jpeg`, `png`, ...).
     pub format: String,
     /// More than one frame; the first was decoded.
@@ -181,7 +202,7 @@ pub fn decode_bytes(
             path: path.to_path_buf(),
         });
     };
-    let mut decoded = decode_reader(path, reader, format, options)?;
+    let mut decoded = decode_reader(path, reader, format, options, bytes)?;
     decoded.animated = is_animated(format, bytes);
     if format == ImageFormat::Jpeg && !has_end_after_last_scan(bytes) {
         let warning = "JPEG end marker missing after the last scan: the file is probably \
@@ -210,6 +231,7 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
     reader: ImageReader<R>,
     format: ImageFormat,
     options: &DecodeOptions,
+    bytes: &[u8],
 ) -> Result<DecodedImage, DecodeError> {
     let image_error = |source| DecodeError::Image {
         path: path.to_path_buf(),
@@ -235,17 +257,76 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
             .max(1 << 20),
     );
     decoder.set_limits(limits).map_err(image_error)?;
-    let _one_at_a_time = (pixels > LARGE_PICTURE_PIXELS)
-        .then(|| LARGE_PICTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner()));
     let (orientation, orientation_warning) = read_orientation(&mut decoder);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    let reduced = match (format, options.reduce_to) {
+        (ImageFormat::Jpeg, Some(short_side)) => {
+            decode_jpeg_reduced(bytes, width, height, short_side)
+        }
+        _ => None,
+    };
+    let mut image = match reduced {
+        Some(image) => image,
+        None => {
+            let _one_at_a_time = (pixels > LARGE_PICTURE_PIXELS)
+                .then(|| LARGE_PICTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner()));
+            DynamicImage::from_decoder(decoder).map_err(image_error)?
+        }
+    };
     image.apply_orientation(orientation);
+    let swaps_sides = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let (width, height) = if swaps_sides {
+        (height, width)
+    } else {
+        (width, height)
+    };
     Ok(DecodedImage {
         pixels: to_rgb8(image),
+        width,
+        height,
         format: format_name(format),
         animated: false,
         warnings: orientation_warning.into_iter().collect(),
     })
+}
+
+/// Decodes a JPEG reduced by the largest of 1/8, 1/4 or 1/2 that keeps its
+/// short side at least `short_side`, as stored (before EXIF orientation).
+/// Returns `None` when no reduction applies, for CMYK files, and when this
+/// decoder fails, so the full decode runs and reports the error.
+fn decode_jpeg_reduced(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    short_side: u32,
+) -> Option<DynamicImage> {
+    let short = width.min(height);
+    let divisor = [8, 4, 2]
+        .into_iter()
+        .find(|&divisor| short / divisor >= short_side)?;
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.read_info().ok()?;
+    // The decoder picks the smallest scale whose output covers the
+    // requested size.
+    let request = |side: u32| u16::try_from(side.div_ceil(divisor)).ok();
+    let (scaled_width, scaled_height) = decoder.scale(request(width)?, request(height)?).ok()?;
+    let data = decoder.decode().ok()?;
+    let info = decoder.info()?;
+    let (w, h) = (u32::from(scaled_width), u32::from(scaled_height));
+    match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            image::RgbImage::from_raw(w, h, data).map(DynamicImage::ImageRgb8)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            image::GrayImage::from_raw(w, h, data).map(DynamicImage::ImageLuma8)
+        }
+        jpeg_decoder::PixelFormat::L16 | jpeg_decoder::PixelFormat::CMYK32 => None,
+    }
 }
 
 /// Returns the orientation to apply, and a warning when EXIF data is

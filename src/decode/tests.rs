@@ -196,7 +196,14 @@ fn text_file_is_unknown_format() {
 fn pixel_cap_rejects_before_decoding() {
     let png = encode_png(4, 4, ExtendedColorType::Rgb8, &[0; 48], None);
     let (_dir, path) = write_temp("big.png", &png);
-    let error = decode_file(&path, &DecodeOptions { max_pixels: 15 }).unwrap_err();
+    let error = decode_file(
+        &path,
+        &DecodeOptions {
+            max_pixels: 15,
+            reduce_to: None,
+        },
+    )
+    .unwrap_err();
     assert!(
         matches!(error, DecodeError::TooLarge { pixels: 16, .. }),
         "{error}"
@@ -222,4 +229,70 @@ fn missing_file_names_the_path() {
 fn to_rgb8_keeps_opaque_rgb() {
     let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(1, 1, Rgb([9, 8, 7])));
     assert_eq!(to_rgb8(image).get_pixel(0, 0).0, [9, 8, 7]);
+}
+
+/// Encodes a smooth test picture as a JPEG of quality 90, with an EXIF
+/// orientation when given.
+fn encode_jpeg(width: u16, height: u16, orientation: Option<u16>) -> Vec<u8> {
+    let data: Vec<u8> = (0..u32::from(height))
+        .flat_map(|y| {
+            (0..u32::from(width)).flat_map(move |x| {
+                let block = if (x / 200 + y / 150) % 2 == 0 { 60 } else { 0 };
+                [
+                    (x * 255 / u32::from(width)) as u8,
+                    (y * 255 / u32::from(height)) as u8 / 2 + block,
+                    90,
+                ]
+            })
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, 90);
+    if let Some(orientation) = orientation {
+        let mut segment = b"Exif\0\0".to_vec();
+        segment.extend_from_slice(&exif_with_orientation(orientation));
+        encoder.add_app_segment(1, segment).unwrap();
+    }
+    encoder
+        .encode(&data, width, height, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
+    bytes
+}
+
+#[test]
+fn large_jpeg_is_reduced_with_margin() {
+    let jpeg = encode_jpeg(1600, 1200, Some(6));
+    let (_dir, path) = write_temp("large.jpg", &jpeg);
+    let reduced = decode_file(&path, &DecodeOptions::for_side(DEFAULT_MAX_PIXELS, 224)).unwrap();
+    // 1/2 keeps the short side at 600, at least 2 x 224; 1/4 would not.
+    // Orientation 6 turns the stored 800x600 upright.
+    assert_eq!(reduced.pixels.dimensions(), (600, 800));
+    assert_eq!((reduced.width, reduced.height), (1200, 1600));
+
+    let full = decode_file(&path, &DecodeOptions::default()).unwrap();
+    assert_eq!(full.pixels.dimensions(), (1200, 1600));
+    assert_eq!((full.width, full.height), (1200, 1600));
+    let halved = image::imageops::resize(
+        &full.pixels,
+        600,
+        800,
+        image::imageops::FilterType::Triangle,
+    );
+    let difference: f64 = halved
+        .as_raw()
+        .iter()
+        .zip(reduced.pixels.as_raw())
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / halved.as_raw().len() as f64;
+    assert!(difference < 2.0, "mean difference {difference}");
+}
+
+#[test]
+fn small_jpeg_is_decoded_at_full_size() {
+    let jpeg = encode_jpeg(640, 480, None);
+    let (_dir, path) = write_temp("small.jpg", &jpeg);
+    let decoded = decode_file(&path, &DecodeOptions::for_side(DEFAULT_MAX_PIXELS, 224)).unwrap();
+    assert_eq!(decoded.pixels.dimensions(), (640, 480));
+    assert_eq!((decoded.width, decoded.height), (640, 480));
 }
