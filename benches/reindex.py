@@ -12,6 +12,7 @@ Usage (from the repository root, after `cargo build --release`):
 """
 
 import argparse
+import resource
 import json
 import statistics
 import subprocess
@@ -67,7 +68,12 @@ def main():
         make_album(args.photos, folder, args.files)
         database = scratch / "bench.db"
         first, summary = index(database, root)
-        print(f"first run: {summary['indexed']} images indexed in {first:.1f} s")
+        # The first child is the largest, so the children's maximum is its peak.
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(
+            f"first run: {summary['indexed']} images indexed in {first:.1f} s "
+            f"({summary['indexed'] / first:.0f} images/s), peak memory {peak_mib:.0f} MiB"
+        )
 
         unchanged = []
         for _ in range(args.runs):
