@@ -235,24 +235,17 @@ fn move_to_is_a_dry_run_until_applied() {
     );
     assert_eq!(applied.status, 0, "{}", applied.stderr);
     let canonical = folder.canonicalize().unwrap();
-    let kept: Vec<&str> = ["photo.jpg", "other.jpg"].to_vec();
-    for name in kept {
-        assert!(folder.join(name).exists(), "{name} was moved");
-    }
-    // Of the two byte-identical files, the older or first by path is kept;
-    // the other and the thumbnail move under their full path.
-    let moved: Vec<PathBuf> = ["copy.jpg", "thumbnail.jpg"]
-        .iter()
-        .map(|name| common_moved(&quarantine, &canonical.join(name)))
-        .collect();
-    assert!(moved[1].exists(), "thumbnail not at {}", moved[1].display());
+    assert!(folder.join("other.jpg").exists(), "other.jpg was moved");
+    // Of the two byte-identical files (same pixels, size and modification
+    // second), the first by path is kept; the other and the thumbnail move
+    // under their full path.
+    assert!(folder.join("copy.jpg").exists(), "copy.jpg was moved");
+    assert!(!folder.join("photo.jpg").exists());
     assert!(!folder.join("thumbnail.jpg").exists());
-    let copies_left = ["photo.jpg", "copy.jpg"]
-        .iter()
-        .filter(|name| folder.join(name).exists())
-        .count();
-    assert_eq!(copies_left, 1);
-
+    for name in ["photo.jpg", "thumbnail.jpg"] {
+        let moved = common_moved(&quarantine, &canonical.join(name));
+        assert!(moved.exists(), "{name} not at {}", moved.display());
+    }
     let logs: Vec<PathBuf> = std::fs::read_dir(&quarantine)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -340,7 +333,7 @@ fn ten_thousand_images_in_bounded_memory() {
     );
     assert_eq!(run.status, 0, "{}", run.stderr);
 
-    // 4,000 random vectors, each with a near copy (cosine about 0.98), and
+    // 4,000 random vectors, each with a near copy (cosine about 0.995), and
     // 2,000 loners; their files do not exist, so only embeddings decide.
     let dimension = 1280;
     let connection = rusqlite::Connection::open(&database).unwrap();
@@ -360,7 +353,7 @@ fn ten_thousand_images_in_bounded_memory() {
         let mut copy: Vec<f32> = original
             .iter()
             .zip(&noise)
-            .map(|(o, n)| o + 0.2 * n)
+            .map(|(o, n)| o + 0.1 * n)
             .collect();
         let norm = copy.iter().map(|v| v * v).sum::<f32>().sqrt();
         copy.iter_mut().for_each(|v| *v /= norm);
@@ -568,4 +561,94 @@ fn query_html_shows_query_and_results() {
     let widths = shown["widths"].as_array().unwrap();
     assert!(widths.iter().all(|w| w.as_u64().unwrap() > 0), "{shown}");
     screenshot(dir.path(), &page, "query.png");
+}
+
+#[test]
+fn html_output_never_replaces_a_photo() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    let (photo, thumbnail) = common::photo_thumbnail_pairs()[1].clone();
+    std::fs::copy(&photo, folder.join("photo.jpg")).unwrap();
+    std::fs::copy(&thumbnail, folder.join("thumbnail.jpg")).unwrap();
+    let disguised = folder.join("report.html");
+    std::fs::copy(&photo, &disguised).unwrap();
+    let database = dir.path().join("index.db");
+    common::index(
+        &database,
+        &[folder.join("photo.jpg"), folder.join("thumbnail.jpg")],
+    );
+    let original = std::fs::read(&photo).unwrap();
+
+    for target in [folder.join("photo.jpg"), disguised.clone()] {
+        let run = common::run(
+            &database,
+            ["dupes".as_ref(), "--html".as_ref(), target.as_os_str()],
+        );
+        assert_eq!(run.status, 1, "{}", run.stderr);
+        assert!(run.stderr.contains("refusing to"), "{}", run.stderr);
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            original,
+            "{} changed",
+            target.display()
+        );
+        let query = folder.join("thumbnail.jpg");
+        let run = common::run(
+            &database,
+            [
+                "query".as_ref(),
+                query.as_os_str(),
+                "--html".as_ref(),
+                target.as_os_str(),
+            ],
+        );
+        assert_eq!(run.status, 1, "{}", run.stderr);
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            original,
+            "{} changed",
+            target.display()
+        );
+    }
+}
+
+#[test]
+fn group_with_missing_keeper_is_not_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    let (photo, thumbnail) = common::photo_thumbnail_pairs()[2].clone();
+    std::fs::copy(&photo, folder.join("photo.jpg")).unwrap();
+    std::fs::copy(&photo, folder.join("copy.jpg")).unwrap();
+    std::fs::copy(&thumbnail, folder.join("thumbnail.jpg")).unwrap();
+    let database = dir.path().join("index.db");
+    let (run, _) = common::index(&database, &[&folder]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    // Both full-size files were indexed; one of them is the keeper. Delete
+    // whichever is kept: the other full-size copy becomes the keeper.
+    let before = dupes_json(&database, &[]);
+    let keeper = before["groups"][0]["members"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(&keeper).unwrap();
+    let after = dupes_json(&database, &[]);
+    let new_keeper = after["groups"][0]["members"][0]["path"].as_str().unwrap();
+    assert_ne!(new_keeper, keeper);
+    assert!(Path::new(new_keeper).is_file());
+
+    // With every full-size file gone, the thumbnail is kept, never moved.
+    std::fs::remove_file(new_keeper).unwrap();
+    let quarantine = dir.path().join("quarantine");
+    let run = common::run(
+        &database,
+        [
+            "dupes".as_ref(),
+            "--move-to".as_ref(),
+            quarantine.as_os_str(),
+            "--apply".as_ref(),
+        ],
+    );
+    assert!(folder.join("thumbnail.jpg").is_file(), "{}", run.stderr);
 }

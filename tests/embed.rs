@@ -287,3 +287,22 @@ fn memory_does_not_grow_with_image_count() {
          {large_peak} KiB for 400"
     );
 }
+
+#[test]
+fn output_never_replaces_a_photo() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("a.jpg");
+    std::fs::copy(photo(0), &image).unwrap();
+    let disguised = dir.path().join("features.npy");
+    std::fs::copy(photo(1), &disguised).unwrap();
+    let second = dir.path().join("b.jpg");
+    std::fs::copy(photo(2), &second).unwrap();
+    // `imgsim embed -o *.jpg` expands to `-o a.jpg b.jpg`.
+    for output in [&image, &disguised] {
+        let before = std::fs::read(output).unwrap();
+        let result = embed(&["-o".as_ref(), output.as_os_str(), second.as_os_str()]);
+        assert_eq!(result.status, 1, "{}", result.stderr);
+        assert!(result.stderr.contains("refusing to"), "{}", result.stderr);
+        assert_eq!(std::fs::read(output).unwrap(), before);
+    }
+}

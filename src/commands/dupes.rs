@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 
+use super::embed_output::csv_field;
 use crate::ann::AnnParams;
 use crate::ann_cache;
 use crate::cli::{DupesArgs, GlobalArgs};
@@ -16,7 +17,7 @@ use crate::dupes::pixels::SIGNATURE_SIDE;
 use crate::dupes::{find_groups, moved_path, DupesSettings, DupesSummary, Group};
 use crate::exit::Status;
 use crate::paths::{display_path, non_utf8_hex};
-use crate::store::lock_database;
+use crate::store::{lock_database, LockError};
 use crate::store::{OpenMode, Store};
 
 #[derive(Serialize)]
@@ -50,12 +51,22 @@ struct JsonMember {
 }
 
 pub fn run(global: &GlobalArgs, args: &DupesArgs) -> anyhow::Result<Status> {
+    if let Some(html) = &args.html {
+        super::check_output_path(html)?;
+    }
     let database = global.database_path()?;
     super::configure_threads(global);
     // Moving files changes the database, so it needs the writer lock that
     // index runs take.
     let _lock = match (&args.move_to, args.apply) {
-        (Some(_), true) => Some(lock_database(&database, false)?),
+        (Some(_), true) => match lock_database(&database, false) {
+            Ok(lock) => Some(lock),
+            Err(error @ LockError::Busy { .. }) => {
+                eprintln!("error: {error}");
+                return Ok(Status::Busy);
+            }
+            Err(error) => return Err(error.into()),
+        },
         _ => None,
     };
     let mut store = match Store::open(&database, OpenMode::MustExist) {
@@ -111,7 +122,10 @@ pub fn run(global: &GlobalArgs, args: &DupesArgs) -> anyhow::Result<Status> {
         }
     }
     if let Some(dir) = &args.move_to {
-        move_duplicates(&mut store, &groups, dir, args.apply, global.quiet)?;
+        let failed = move_duplicates(&mut store, &groups, dir, args.apply, global.quiet)?;
+        if failed > 0 {
+            return Ok(Status::SomeFilesFailed);
+        }
     }
     Ok(Status::Success)
 }
@@ -190,7 +204,7 @@ fn print_csv(groups: &[Group]) -> anyhow::Result<()> {
                 number + 1,
                 tier_label(group),
                 member.keeper,
-                csv_field(&member.record.path.to_string_lossy()),
+                csv_field(&display_path(&member.record.path)),
                 member.record.width,
                 member.record.height,
                 member.record.file_size,
@@ -200,15 +214,6 @@ fn print_csv(groups: &[Group]) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Quotes a CSV field when it contains a comma, quote or line break.
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
 }
 
 fn human_size(bytes: u64) -> String {
@@ -296,7 +301,9 @@ struct MoveRecord {
 }
 
 /// Moves every non-keeper to `dir` under its full path, or only prints the
-/// plan when `apply` is false. Moves are logged to a JSON-lines file in
+/// plan when `apply` is false; returns the number of files not moved.
+/// Groups whose keeper file is gone are skipped, so a group never loses its
+/// last copy. Moves are logged to a JSON-lines file in
 /// `dir` before their rows are deleted from the database. Existing files are
 /// never overwritten.
 fn move_duplicates(
@@ -305,12 +312,25 @@ fn move_duplicates(
     dir: &Path,
     apply: bool,
     quiet: bool,
-) -> anyhow::Result<()> {
-    let moves: Vec<(PathBuf, PathBuf)> = groups
-        .iter()
-        .flat_map(|g| g.members.iter().filter(|m| !m.keeper))
-        .map(|m| (m.record.path.clone(), moved_path(dir, &m.record.path)))
-        .collect();
+) -> anyhow::Result<usize> {
+    let mut skipped = 0;
+    let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for group in groups {
+        let keeper = &group.members[0].record.path;
+        if !keeper.is_file() {
+            eprintln!(
+                "{}: the file to keep is missing; its group is left as it is",
+                display_path(keeper)
+            );
+            skipped += group.members.len() - 1;
+            continue;
+        }
+        moves.extend(
+            group.members[1..]
+                .iter()
+                .map(|m| (m.record.path.clone(), moved_path(dir, &m.record.path))),
+        );
+    }
     if !apply {
         for (from, to) in &moves {
             eprintln!("would move {} -> {}", display_path(from), display_path(to));
@@ -319,8 +339,11 @@ fn move_duplicates(
             "dry run: {} files would be moved; add --apply to move them",
             moves.len()
         );
-        return Ok(());
+        return Ok(0);
     }
+    // The database must take the deletions, so check it before any file
+    // moves.
+    store.check_writable()?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -349,19 +372,26 @@ fn move_duplicates(
             }
             Err(error) => {
                 failed += 1;
-                eprintln!("{}: not moved: {error:#}", display_path(from));
+                eprintln!(
+                    "{}: not moved to {}: {error:#}",
+                    display_path(from),
+                    display_path(to)
+                );
             }
         }
     }
-    store.delete_paths(&moved)?;
+    store
+        .delete_paths(&moved)
+        .context("files were moved (see the log) but the database was not updated; run `imgsim index` on their folders")?;
     eprintln!(
-        "moved {} files into {} ({} failed); log: {}",
+        "moved {} files into {} ({} failed, {} skipped); log: {}",
         moved.len(),
         display_path(dir),
         failed,
+        skipped,
         display_path(&log_path)
     );
-    Ok(())
+    Ok(failed)
 }
 
 /// Moves one file, creating the destination's folders. A hard link then
@@ -384,6 +414,7 @@ fn move_file(from: &Path, to: &Path) -> anyhow::Result<()> {
                 .create_new(true)
                 .open(to)?;
             std::io::copy(&mut source, &mut target)?;
+            target.set_modified(source.metadata()?.modified()?)?;
             target.sync_all()?;
             std::fs::remove_file(from)?;
             Ok(())

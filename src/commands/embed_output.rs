@@ -114,7 +114,11 @@ impl RowWriter {
                 }
             }
             EmbedFormat::Csv => {
-                write!(self.data, "{}", csv_field(&path.to_string_lossy()))?;
+                write!(
+                    self.data,
+                    "{}",
+                    csv_field(&crate::paths::display_path(path))
+                )?;
                 for value in vector {
                     write!(self.data, ",{value}")?;
                 }
@@ -279,7 +283,7 @@ fn rename_into_place(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Quotes a CSV field when it contains a comma, quote or line break.
-fn csv_field(text: &str) -> String {
+pub(super) fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {

@@ -69,3 +69,25 @@ fn configure_threads(global: &GlobalArgs) {
         tracing::debug!("rayon thread pool already configured: {error}");
     }
 }
+
+/// Rejects an output file that would replace a picture: a name with an
+/// image extension, or an existing file whose content is an image. A
+/// mistyped `-o *.jpg` or `--html photo.jpg` must never overwrite photos.
+fn check_output_path(path: &std::path::Path) -> anyhow::Result<()> {
+    let shown = crate::paths::display_path(path);
+    if crate::scan::has_image_extension(path) {
+        anyhow::bail!(
+            "{shown}: refusing to write output to a file with an image extension; \
+             choose another output name"
+        );
+    }
+    let mut start = [0u8; 32];
+    let looks_like_image = std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read(&mut file, &mut start))
+        .ok()
+        .is_some_and(|read| image::guess_format(&start[..read]).is_ok());
+    if looks_like_image {
+        anyhow::bail!("{shown}: refusing to overwrite an image file; choose another output name");
+    }
+    Ok(())
+}

@@ -47,6 +47,9 @@ struct QueryOutput<'a> {
 }
 
 pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
+    if let Some(html) = &args.html {
+        super::check_output_path(html)?;
+    }
     let database = global.database_path()?;
     super::configure_threads(global);
     let mut store = match Store::open(&database, OpenMode::MustExist) {

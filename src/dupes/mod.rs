@@ -73,6 +73,12 @@ const NOT_ALIGNED: f32 = 6.0;
 /// on the calibration set.
 const EDITED_SIMILARITY: f32 = 0.94;
 
+/// Cosine similarity at or above which a pair that could not be compared by
+/// pixels (a file missing or unreadable) is near-identical. Higher than
+/// [`EDITED_SIMILARITY`] because burst frames reach 0.977 and, unread,
+/// nothing else tells them apart.
+const UNVERIFIED_SIMILARITY: f32 = 0.985;
+
 /// How much worse than an image's best thumbnail pair another thumbnail
 /// pair may be; a thumbnail's own photo beats the next burst frame by 1.16
 /// times or more on the sample photos.
@@ -390,8 +396,12 @@ fn classify(links: &mut [Link], small: &HashSet<i64>, settings: &DupesSettings) 
     // Edited copies whose pixels cannot be lined up, and pairs whose files
     // could not be read, are judged by the embeddings alone.
     for link in links.iter_mut() {
-        let aligned = link.residual.is_some_and(|r| r <= NOT_ALIGNED);
-        if link.tier == Tier::Similar && !aligned && link.similarity >= EDITED_SIMILARITY {
+        let enough = match link.residual {
+            Some(residual) if residual <= NOT_ALIGNED => continue,
+            Some(_) => EDITED_SIMILARITY,
+            None => UNVERIFIED_SIMILARITY,
+        };
+        if link.tier == Tier::Similar && link.similarity >= enough {
             link.tier = Tier::NearIdentical;
         }
     }
@@ -443,7 +453,14 @@ fn build_groups(
         if members.len() < 2 {
             continue;
         }
-        members.sort_by(|a, b| keep_order(a, b, settings.keep));
+        // A file that is gone is never the one to keep.
+        let present: HashMap<i64, bool> =
+            members.iter().map(|r| (r.id, r.path.is_file())).collect();
+        members.sort_by(|a, b| {
+            present[&b.id]
+                .cmp(&present[&a.id])
+                .then_with(|| keep_order(a, b, settings.keep))
+        });
         let keeper = members[0].id;
         let vectors = store.vectors_by_ids(&ids, dimension)?;
         let similarity_to_keeper = |id: i64| match (vectors.get(&keeper), vectors.get(&id)) {
@@ -482,7 +499,10 @@ fn keep_order(a: &ImageRecord, b: &ImageRecord, rule: KeepRule) -> std::cmp::Ord
     let pixels = |r: &ImageRecord| u64::from(r.width) * u64::from(r.height);
     let by_pixels = pixels(b).cmp(&pixels(a));
     let by_size = b.file_size.cmp(&a.file_size);
-    let by_oldest = a.modified_ns.cmp(&b.modified_ns);
+    // Whole seconds, so copies made within the same second are ordered by
+    // the next rule instead.
+    let seconds = |r: &ImageRecord| r.modified_ns.div_euclid(1_000_000_000);
+    let by_oldest = seconds(a).cmp(&seconds(b));
     let order = match rule {
         KeepRule::Pixels => by_pixels.then(by_size).then(by_oldest),
         KeepRule::Size => by_size.then(by_pixels).then(by_oldest),

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Per-channel values are in the tensor's channel order (blue first for
-//! `channels = "bgr"`). Command-line options override the file key by key,
+//! `channels = "bgr"`). A key given without its partner pairs with the
+//! partner's neutral value: scale 1, offset 0, mean 0, std 1. Command-line options override the file key by key,
 //! except that normalisation given on the command line replaces the file's
 //! as a whole.
 
@@ -187,7 +188,7 @@ pub fn read_settings(path: &Path) -> Result<InputSettings, InputError> {
     })?;
     toml::from_str(&text).map_err(|error| InputError::Parse {
         path: path.to_path_buf(),
-        message: error.message().to_string(),
+        message: error.to_string().trim_end().to_string(),
     })
 }
 

@@ -657,6 +657,14 @@ impl Store {
         Ok(records)
     }
 
+    /// Checks that the database accepts writes, by starting and rolling
+    /// back a write transaction.
+    pub fn check_writable(&mut self) -> Result<(), StoreError> {
+        self.connection
+            .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(|e| self.error(e))
+    }
+
     /// Returns every indexed image with its file fingerprint, in id order.
     pub fn all_images(&self) -> Result<Vec<(ImageRecord, Option<Fingerprint>)>, StoreError> {
         let mut statement = self
