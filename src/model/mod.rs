@@ -178,6 +178,15 @@ impl Embedder {
                 .or_else(|| output_names.first().map(|o| o.to_string()))
                 .ok_or_else(|| unsupported("it has no outputs".to_string()))?,
         };
+        let produced = graph
+            .node
+            .iter()
+            .flat_map(|node| node.output.iter())
+            .chain(graph.input.iter().map(|input| &input.name))
+            .any(|name| *name == chosen);
+        if !produced {
+            return Err(unsupported(format!("it has no tensor named {chosen:?}")));
+        }
         let runnable = if output_names.contains(&chosen.as_str()) {
             bytes.clone()
         } else {
