@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::api::AnnT;
 use hnsw_rs::hnsw::Hnsw;
-use hnsw_rs::hnswio::HnswIo;
+use hnsw_rs::hnswio::{HnswIo, ReloadOptions};
 
 /// Default number of links per node and layer (HNSW's `M`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 24;
@@ -238,11 +238,18 @@ impl AnnIndex {
         // lives until the process ends, so it is leaked to give the graph a
         // 'static lifetime. hnsw_rs asserts on malformed input instead of
         // returning errors, which the digest check above rules out for
-        // damaged files; a panic is still turned into an error here.
+        // damaged files; a panic is still turned into an error here. The
+        // vectors are memory-mapped rather than copied, so a query reads
+        // only the pages its search visits. Saved files are never changed
+        // in place (a save writes new files), so the mapping stays valid.
         let (dir_owned, basename_owned) = (dir.to_path_buf(), basename.to_string());
         let loaded = std::panic::catch_unwind(move || {
-            let loader: &'static mut HnswIo =
-                Box::leak(Box::new(HnswIo::new(&dir_owned, &basename_owned)));
+            let options = ReloadOptions::default().set_mmap(true);
+            let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new_with_options(
+                &dir_owned,
+                &basename_owned,
+                options,
+            )));
             loader.load_hnsw::<f32, UnitCosine>()
         });
         let load_error = |message: String| AnnError::Load {

@@ -93,6 +93,9 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
         .search(&vector, wanted, params.ef_search.max(wanted), &|id| {
             live.is_live(id)
         });
+    // Freeing a large graph takes longer than the search; the process is
+    // about to end, which frees it at once.
+    std::mem::forget(live);
     let ids: Vec<i64> = neighbours.iter().map(|n| n.id).collect();
     let records = store.images_by_ids(&ids)?;
     let found: Vec<(f32, &ImageRecord)> = neighbours
