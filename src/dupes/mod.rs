@@ -71,6 +71,9 @@ const NOT_ALIGNED: f32 = 6.0;
 /// near-identical: edited copies (cropped, tilted, captioned). Set above
 /// the 0.93 that a crop of one burst frame reaches against the next frame
 /// on the calibration set.
+// NOTE: below this, crops, tilts, rotations and captions are missed (pair
+// recall 0.56 on benches/dupes_calibration.py); aligning pictures by scale
+// and rotation in the pixel check would find them.
 const EDITED_SIMILARITY: f32 = 0.94;
 
 /// Cosine similarity at or above which a pair that could not be compared by
