@@ -574,9 +574,10 @@ mod tests {
 
     #[test]
     fn keeper_rules_order_members() {
-        let big = record(1, 640, 480, 50_000, 30);
-        let heavy = record(2, 320, 240, 90_000, 20);
-        let old = record(3, 320, 240, 10_000, 10);
+        // Modification times in nanoseconds; the rules compare whole seconds.
+        let big = record(1, 640, 480, 50_000, 30_000_000_000);
+        let heavy = record(2, 320, 240, 90_000, 20_000_000_000);
+        let old = record(3, 320, 240, 10_000, 10_000_000_000);
         let first = |rule| {
             let mut all = [&big, &heavy, &old];
             all.sort_by(|a, b| keep_order(a, b, rule));
