@@ -123,7 +123,7 @@ fn bench_inference(criterion: &mut Criterion) {
     let tensors = tensor.repeat(max_batch);
 
     let mut group = criterion.benchmark_group(format!("inference_{threads}_threads"));
-    // A batch of 64 took 0.7 s on a busy 2-core machine, so the group
+    // A batch of 64 took 0.4 to 0.7 s on a 2-core machine, so the group
     // keeps criterion's minimum of 10 samples and flat sampling, which
     // runs the same number of batches in each sample.
     group.sample_size(10);
