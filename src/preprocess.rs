@@ -27,7 +27,7 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// The layout's name as options and preprocessing files spell it.
+    /// Returns the layout's name as options and preprocessing files spell it.
     pub fn name(self) -> &'static str {
         match self {
             Layout::Nchw => "nchw",
@@ -45,8 +45,8 @@ pub enum ChannelOrder {
     Bgr,
 }
 
-/// How images become a model's input tensor: size, layout, channel order
-/// and per-channel normalisation `value = (pixel - mean) / std`, with pixel
+/// Settings that turn images into a model's input tensor: size, layout,
+/// channel order and per-channel normalisation `value = (pixel - mean) / std`, with pixel
 /// values, means and standard deviations in the 0-255 range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preprocessing {
@@ -61,7 +61,7 @@ pub struct Preprocessing {
 }
 
 impl Default for Preprocessing {
-    /// The built-in model's input: 224x224 RGB, NCHW, (p - 127.5) / 127.5,
+    /// Returns the built-in model's input: 224x224 RGB, NCHW, (p - 127.5) / 127.5,
     /// which maps pixels to [-1, 1] as Keras' MobileNetV2 expects.
     fn default() -> Preprocessing {
         Preprocessing {
@@ -98,7 +98,7 @@ impl Preprocessing {
         }
     }
 
-    /// The preprocessing as recorded in the database with the model
+    /// Returns the preprocessing as recorded in the database with the model
     /// identity, so that vectors made with different preprocessing are
     /// never mixed. The built-in model's text has not changed since the
     /// first release, so existing databases stay valid.

@@ -87,12 +87,12 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
         ..ann_cache::saved_build_params(&store)?
     };
     let live = ann_cache::load_current(&mut store, embedder.identity().dimension, &params)?;
-    let wanted = args.k.max(RERANK_CANDIDATES);
-    let neighbours = live
-        .index
-        .search(&vector, wanted, params.ef_search.max(wanted), &|id| {
-            live.is_live(id)
-        });
+    let requested = args.k.max(RERANK_CANDIDATES);
+    let neighbours =
+        live.index
+            .search(&vector, requested, params.ef_search.max(requested), &|id| {
+                live.is_live(id)
+            });
     // Freeing a large graph takes longer than the search; the process is
     // about to end, which frees it at once.
     std::mem::forget(live);

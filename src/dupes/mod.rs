@@ -45,10 +45,10 @@ pub const DEFAULT_SIMILAR: f32 = 0.85;
 /// up.
 pub const DEFAULT_MAX_RESIDUAL: f32 = 1.2;
 
-/// Pairs with a picture under [`pixels::SIGNATURE_SIDE`] on its long side
-/// may reach this many times the maximum residual: camera thumbnails and
-/// their photos score up to 4.4 against 3 for a thumbnail and the next burst
-/// frame, so the best-pair rule decides between those.
+/// Factor by which a pair with a picture under [`pixels::SIGNATURE_SIDE`]
+/// on its long side may exceed the maximum residual. Camera thumbnails score
+/// up to 4.4 against their photos and 3 against the next burst frame, so the
+/// best-pair rule decides between those.
 const THUMBNAIL_FACTOR: f32 = 4.0;
 
 /// Cosine similarity below which neighbours are not candidates at all. A
@@ -71,20 +71,20 @@ const NOT_ALIGNED: f32 = 6.0;
 /// near-identical: edited copies (cropped, tilted, captioned). Set above
 /// the 0.93 that a crop of one burst frame reaches against the next frame
 /// on the calibration set.
-// NOTE: below this, crops, tilts, rotations and captions are missed (pair
-// recall 0.56 on benches/dupes_calibration.py); aligning pictures by scale
+// NOTE: crops, tilts, rotations and captions below this are missed, so pair
+// recall is 0.56 on benches/dupes_calibration.py. Aligning pictures by scale
 // and rotation in the pixel check would find them.
 const EDITED_SIMILARITY: f32 = 0.94;
 
 /// Cosine similarity at or above which a pair that could not be compared by
 /// pixels (a file missing or unreadable) is near-identical. Higher than
-/// [`EDITED_SIMILARITY`] because burst frames reach 0.977 and, unread,
-/// nothing else tells them apart.
+/// [`EDITED_SIMILARITY`] because burst frames reach 0.977, and without the
+/// pixels nothing else separates them.
 const UNVERIFIED_SIMILARITY: f32 = 0.985;
 
-/// How much worse than an image's best thumbnail pair another thumbnail
-/// pair may be; a thumbnail's own photo beats the next burst frame by 1.16
-/// times or more on the sample photos.
+/// Factor by which a thumbnail pair may be worse than the best thumbnail
+/// pair of its images. On the sample photos, a thumbnail's own photo beats
+/// the next burst frame by 1.16 times or more.
 const MARGIN_FACTOR: f32 = 1.1;
 
 /// Vectors read from the database per step of the neighbour search.

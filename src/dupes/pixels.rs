@@ -1,5 +1,5 @@
 //! Pixel-level comparison of two pictures at matched resolution: the check
-//! that tells an edited copy (re-encoded, resized, a thumbnail, converted,
+//! that separates an edited copy (re-encoded, resized, a thumbnail, converted,
 //! rotated by EXIF, brightened) from a different shot of the same scene.
 //!
 //! Both pictures are reduced to grey at the smaller one's size (at most
@@ -87,7 +87,8 @@ fn fit_within(width: u32, height: u32, side: u32) -> (u32, u32) {
 fn resize_rgb(pixels: &RgbImage, width: u32, height: u32) -> Vec<u8> {
     let mut resized = Image::new(width, height, PixelType::U8x3);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    // Both sizes are non-zero, so the resize cannot fail.
+    // fit_within returns sides of at least 1 and decoded images are never
+    // empty, so the resize cannot fail.
     Resizer::new()
         .resize(pixels, &mut resized, &options)
         .expect("resizing to a non-empty size");
@@ -200,7 +201,7 @@ mod tests {
     use super::*;
     use image::Rgb;
 
-    /// A picture with structure at several scales: gradients and a few
+    /// Makes a picture with structure at several scales: gradients and a few
     /// blocks, deterministic for a given seed.
     fn scene(width: u32, height: u32, seed: u32) -> RgbImage {
         RgbImage::from_fn(width, height, |x, y| {

@@ -247,7 +247,7 @@ impl Embedder {
         &self.identity
     }
 
-    /// The preprocessing that makes this model's input tensors.
+    /// Returns the preprocessing that makes this model's input tensors.
     pub fn preprocessing(&self) -> &Preprocessing {
         &self.preprocessing
     }
