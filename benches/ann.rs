@@ -244,7 +244,7 @@ fn print_recall(
             .zip(&exact)
             .map(|(query, expected)| {
                 index
-                    .search(query, K, ef_search, &|_| true)
+                    .search(query, K, ef_search, None)
                     .iter()
                     .filter(|neighbour| expected.contains(&neighbour.id))
                     .count()
@@ -304,7 +304,7 @@ fn bench_search(criterion: &mut Criterion) {
             bencher.iter(|| {
                 let query = &queries[next_query % queries.len()];
                 next_query += 1;
-                index.search(black_box(query), K, params.ef_search, &|_| true)
+                index.search(black_box(query), K, params.ef_search, None)
             })
         });
         let mut next_query = 0;

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::ann::{AnnError, AnnIndex, AnnParams, SavedFiles};
+use crate::ann::{AnnError, AnnIndex, AnnParams, FrozenGraph, Neighbour, SavedFiles};
 use crate::store::{AnnRecord, AnnSwap, Store, StoreError, VectorSnapshot};
 
 /// Share of graph points whose images were deleted above which the graph is
@@ -38,10 +38,30 @@ pub enum Freshness {
     Rebuilt { reason: String },
 }
 
+/// A graph in memory, or a saved one opened in place.
+pub enum Graph {
+    Built(AnnIndex),
+    Frozen(FrozenGraph),
+}
+
+impl Graph {
+    /// Number of points, deleted images included.
+    pub fn len(&self) -> usize {
+        match self {
+            Graph::Built(index) => index.len(),
+            Graph::Frozen(frozen) => frozen.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A graph that covers every image in the database, with the ids of the
 /// images that still exist.
 pub struct LiveIndex {
-    pub index: AnnIndex,
+    pub index: Graph,
     pub live_ids: HashSet<i64>,
     pub freshness: Freshness,
 }
@@ -50,6 +70,19 @@ impl LiveIndex {
     /// Returns whether `id` is an image that still exists, not a tombstone.
     pub fn is_live(&self, id: i64) -> bool {
         self.live_ids.contains(&id)
+    }
+
+    /// Returns up to `k` nearest images that still exist, most similar
+    /// first.
+    pub fn search(&self, query: &[f32], k: usize, ef_search: usize) -> Vec<Neighbour> {
+        let keep = |id: i64| self.is_live(id);
+        let has_tombstones = self.live_ids.len() < self.index.len();
+        match &self.index {
+            Graph::Built(index) => {
+                index.search(query, k, ef_search, has_tombstones.then_some(&keep as _))
+            }
+            Graph::Frozen(frozen) => frozen.search(query, k, ef_search, &keep),
+        }
     }
 }
 
@@ -66,34 +99,50 @@ pub fn load_current(
         Ok(record) => record,
         Err(reason) => return rebuild(store, dimension, params, reason),
     };
+    let snapshot = store.vector_snapshot(record.max_image_id, dimension)?;
+    if too_many_tombstones(&record, &snapshot) {
+        let point_count = record.point_count as usize + snapshot.vectors.len();
+        let tombstones = point_count.saturating_sub(snapshot.live_ids.len());
+        let reason = format!("{tombstones} of {point_count} graph points are deleted images");
+        return rebuild(store, dimension, params, reason);
+    }
+    if snapshot.vectors.is_empty() {
+        // Nothing to insert: search the saved files in place.
+        match FrozenGraph::open(&dir, &record.basename, record.data_size) {
+            Ok(frozen) => {
+                return Ok(LiveIndex {
+                    index: Graph::Frozen(frozen),
+                    live_ids: snapshot.live_ids,
+                    freshness: Freshness::Current,
+                })
+            }
+            // Databases saved before links files existed land here once;
+            // the save below writes one.
+            Err(error) => tracing::debug!("loading the HNSW index with hnsw_rs: {error}"),
+        }
+    }
     let mut index = match AnnIndex::load(&dir, &record.basename, &saved_files(&record)) {
         Ok(index) => index,
         Err(error) => return rebuild(store, dimension, params, error.to_string()),
     };
-    let snapshot = store.vector_snapshot(record.max_image_id, dimension)?;
-    if snapshot.generation == record.generation {
-        return Ok(LiveIndex {
-            index,
-            live_ids: snapshot.live_ids,
-            freshness: Freshness::Current,
-        });
-    }
-    let point_count = record.point_count as usize + snapshot.vectors.len();
-    let tombstones = point_count.saturating_sub(snapshot.live_ids.len());
-    if tombstones as f64 > MAX_TOMBSTONE_SHARE * point_count as f64 {
-        let reason = format!("{tombstones} of {point_count} graph points are deleted images");
-        return rebuild(store, dimension, params, reason);
-    }
     index.insert(&snapshot.vectors);
     let inserted = snapshot.vectors.len();
     tracing::debug!("inserted {inserted} new images into the saved HNSW index");
     let max_image_id = max_id(&snapshot).max(record.max_image_id);
     save_or_warn(store, &index, &snapshot, max_image_id, params);
     Ok(LiveIndex {
-        index,
+        index: Graph::Built(index),
         live_ids: snapshot.live_ids,
         freshness: Freshness::Updated { inserted },
     })
+}
+
+/// Returns whether the deleted images in the saved graph, counting the
+/// images still to insert, pass [`MAX_TOMBSTONE_SHARE`].
+fn too_many_tombstones(record: &AnnRecord, snapshot: &VectorSnapshot) -> bool {
+    let point_count = record.point_count as usize + snapshot.vectors.len();
+    let tombstones = point_count.saturating_sub(snapshot.live_ids.len());
+    tombstones as f64 > MAX_TOMBSTONE_SHARE * point_count as f64
 }
 
 /// Returns the build parameters of the saved graph, or the defaults when
@@ -120,7 +169,9 @@ pub fn refresh(
     if let Ok(record) = usable_record(store, params)? {
         let dir = folder_of(store.path());
         let current = record.generation == store.data_generation()?;
-        if current && crate::ann::check_saved(&dir, &record.basename, &saved_files(&record)).is_ok()
+        if current
+            && crate::ann::frozen::links_path(&dir, &record.basename).is_file()
+            && crate::ann::check_saved(&dir, &record.basename, &saved_files(&record)).is_ok()
         {
             remove_leftovers(&dir, &file_name_of(store.path()), &record.basename);
             return Ok(Freshness::Current);
@@ -177,7 +228,7 @@ fn rebuild(
     save_or_warn(store, &index, &snapshot, max_image_id, params);
     snapshot.vectors = Vec::new();
     Ok(LiveIndex {
-        index,
+        index: Graph::Built(index),
         live_ids: snapshot.live_ids,
         freshness: Freshness::Rebuilt { reason },
     })
@@ -266,7 +317,7 @@ fn saved_files(record: &AnnRecord) -> SavedFiles {
 }
 
 fn remove_saved(dir: &Path, basename: &str) {
-    for suffix in ["hnsw.graph", "hnsw.data"] {
+    for suffix in ["hnsw.graph", "hnsw.data", "hnsw.links"] {
         let path = dir.join(format!("{basename}.{suffix}"));
         if let Err(error) = std::fs::remove_file(&path) {
             if error.kind() != std::io::ErrorKind::NotFound {

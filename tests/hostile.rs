@@ -672,19 +672,23 @@ fn fifo_as_query_or_hnsw_file_does_not_block() {
         result.stderr
     );
 
-    let graph = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.to_string_lossy().ends_with(".hnsw.graph"))
-        .unwrap();
-    std::fs::remove_file(&graph).unwrap();
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&graph)
-        .status()
-        .unwrap()
-        .success());
-    let results = common::query(&database, &photo(12), 2);
-    assert_eq!(results[0].0, photo(12));
+    // The graph file, then the links file too, replaced by FIFOs, which
+    // must never be opened for reading.
+    for suffix in [".hnsw.graph", ".hnsw.links"] {
+        let saved = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.to_string_lossy().ends_with(suffix))
+            .unwrap();
+        std::fs::remove_file(&saved).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&saved)
+            .status()
+            .unwrap()
+            .success());
+        let results = common::query(&database, &photo(12), 2);
+        assert_eq!(results[0].0, photo(12), "{suffix}");
+    }
 }
 
 #[test]

@@ -88,11 +88,7 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
     };
     let live = ann_cache::load_current(&mut store, embedder.identity().dimension, &params)?;
     let requested = args.k.max(RERANK_CANDIDATES);
-    let neighbours =
-        live.index
-            .search(&vector, requested, params.ef_search.max(requested), &|id| {
-                live.is_live(id)
-            });
+    let neighbours = live.search(&vector, requested, params.ef_search.max(requested));
     // Freeing a large graph takes longer than the search; the process is
     // about to end, which frees it at once.
     std::mem::forget(live);

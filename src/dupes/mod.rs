@@ -281,17 +281,15 @@ fn neighbour_pairs(
         let found: Vec<Vec<(i64, i64, f32)>> = vectors
             .par_iter()
             .map(|(id, vector)| {
-                live.index
-                    .search(
-                        vector,
-                        settings.neighbours + 1,
-                        settings.ef_search.max(settings.neighbours + 1),
-                        &|other| live.is_live(other),
-                    )
-                    .into_iter()
-                    .filter(|n| n.id != *id && n.similarity >= CANDIDATE_FLOOR)
-                    .map(|n| (*id.min(&n.id), *id.max(&n.id), n.similarity))
-                    .collect()
+                live.search(
+                    vector,
+                    settings.neighbours + 1,
+                    settings.ef_search.max(settings.neighbours + 1),
+                )
+                .into_iter()
+                .filter(|n| n.id != *id && n.similarity >= CANDIDATE_FLOOR)
+                .map(|n| (*id.min(&n.id), *id.max(&n.id), n.similarity))
+                .collect()
             })
             .collect();
         for (first, second, similarity) in found.into_iter().flatten() {
