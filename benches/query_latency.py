@@ -16,7 +16,6 @@ Run from the repository root after `cargo build --release` (numpy needed):
 
 import argparse
 import os
-import resource
 import sqlite3
 import statistics
 import subprocess
@@ -31,17 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed(command):
-    """Runs a command; returns (seconds, peak resident MiB of the child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Runs a command; returns (seconds, peak resident MiB of that process)."""
     start = time.perf_counter()
-    completed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
-    if completed.returncode != 0:
-        sys.exit(f"{' '.join(map(str, command))} failed: {completed.stderr}")
-    # ru_maxrss of children is the largest of any child so far, so a
-    # smaller later child does not show; commands run largest-last here.
-    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return seconds, peak / 1024
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        sys.exit(f"{' '.join(map(str, command))} failed: {stderr}")
+    return seconds, usage.ru_maxrss / 1024
 
 
 def fill(database: Path, count: int, seed: int) -> None:

@@ -1,0 +1,152 @@
+//! HNSW at archive scale. The bench builds a graph of N synthetic
+//! 1280-dimension embeddings (default 1,000,000) with the default
+//! parameters and saves it. It then opens the saved files the way a query
+//! process does, and prints recall@10 against an exact search and the
+//! single-thread search time per query, for several `ef_search` values.
+//!
+//! Run with `cargo bench --bench ann_scale -- --vectors 1000000`. Other
+//! options: `--queries Q` (default 200) and `--dir DIR` for the saved files
+//! (default a new folder under `target/tmp`, removed at the end). A
+//! million vectors need about 12 GB of memory and 6 GB of disk.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use imgsim::ann::{AnnIndex, AnnParams, FrozenGraph};
+use rayon::prelude::*;
+
+mod synthetic;
+
+use synthetic::{exact_top_k, make_dataset, print_statistics};
+
+const K: usize = 10;
+const EF_SEARCH: [usize; 5] = [16, 32, 64, 128, 256];
+
+struct Options {
+    vectors: usize,
+    queries: usize,
+    dir: Option<PathBuf>,
+}
+
+fn parse_options() -> Options {
+    let mut options = Options {
+        vectors: 1_000_000,
+        queries: 200,
+        dir: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--vectors" => options.vectors = value().parse().expect("--vectors takes a number"),
+            "--queries" => options.queries = value().parse().expect("--queries takes a number"),
+            "--dir" => options.dir = Some(PathBuf::from(value())),
+            // cargo bench passes --bench to every benchmark binary.
+            "--bench" => {}
+            other => panic!("unknown option {other}"),
+        }
+    }
+    options
+}
+
+/// Returns the median and the 95th percentile of `values`, in the same
+/// unit.
+fn median_and_p95(values: &mut [f64]) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let p95 = ((values.len() as f64 * 0.95).ceil() as usize).clamp(1, values.len()) - 1;
+    (values[values.len() / 2], values[p95])
+}
+
+fn main() {
+    let options = parse_options();
+    let params = AnnParams::default();
+    let scratch = match &options.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).expect("create --dir");
+            None
+        }
+        None => {
+            let parent = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
+            std::fs::create_dir_all(&parent).expect("create target/tmp");
+            Some(tempfile::tempdir_in(parent).expect("create a scratch folder"))
+        }
+    };
+    let dir = options
+        .dir
+        .clone()
+        .unwrap_or_else(|| scratch.as_ref().unwrap().path().to_path_buf());
+
+    let started = Instant::now();
+    let (vectors, queries) = make_dataset(options.vectors, options.vectors as u64, options.queries);
+    println!(
+        "made {} vectors and {} queries in {:.0} s",
+        vectors.len(),
+        queries.len(),
+        started.elapsed().as_secs_f64()
+    );
+    print_statistics(&vectors);
+
+    let started = Instant::now();
+    let index = AnnIndex::build(&vectors, &params);
+    println!(
+        "built the graph (M {}, ef_construction {}) in {:.0} s",
+        params.max_connections,
+        params.ef_construction,
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let saved = index.save(&dir, "scale").expect("save the graph");
+    println!(
+        "saved it in {:.0} s: graph {} MiB, data {} MiB",
+        started.elapsed().as_secs_f64(),
+        saved.graph_size >> 20,
+        saved.data_size >> 20
+    );
+    // The in-memory graph is not needed any more; freeing it keeps the
+    // search timings free of memory pressure.
+    drop(index);
+
+    let started = Instant::now();
+    let graph = FrozenGraph::open(&dir, "scale", saved.data_size).expect("open the saved graph");
+    println!(
+        "opened the saved graph in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+
+    let started = Instant::now();
+    let exact: Vec<Vec<i64>> = queries
+        .par_iter()
+        .map(|query| exact_top_k(&vectors, query, K))
+        .collect();
+    let exact_ms = started.elapsed().as_secs_f64() * 1000.0 / queries.len() as f64;
+    println!(
+        "exact search: {exact_ms:.1} ms a query with {} threads",
+        rayon::current_num_threads()
+    );
+
+    for ef_search in EF_SEARCH {
+        // A first pass brings the visited pages into memory, as repeated
+        // queries on one archive do.
+        for query in &queries {
+            graph.search(query, K, ef_search, &|_| true);
+        }
+        let mut times = Vec::with_capacity(queries.len());
+        let mut found = 0;
+        for (query, expected) in queries.iter().zip(&exact) {
+            let started = Instant::now();
+            let neighbours = graph.search(query, K, ef_search, &|_| true);
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            found += neighbours
+                .iter()
+                .filter(|neighbour| expected.contains(&neighbour.id))
+                .count();
+        }
+        let recall = found as f64 / (queries.len() * K) as f64;
+        let (median, p95) = median_and_p95(&mut times);
+        println!(
+            "{} vectors, ef_search {ef_search}: recall@{K} {recall:.3}, search median {median:.2} ms, 95th percentile {p95:.2} ms",
+            vectors.len()
+        );
+    }
+    drop(scratch);
+}
