@@ -13,9 +13,24 @@ fn main() -> ExitCode {
         Err(error) if is_broken_pipe(&error) => Status::Success.into(),
         Err(error) => {
             eprintln!("error: {}", escape_controls(&error_message(&error)));
-            Status::Error.into()
+            if is_usage_error(&error) {
+                Status::Usage.into()
+            } else {
+                Status::Error.into()
+            }
         }
     }
+}
+
+/// Returns whether the error comes from options that contradict each other
+/// or the model, which exits with the usage status like clap's own errors.
+fn is_usage_error(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<imgsim::model::ModelError>(),
+            Some(imgsim::model::ModelError::Settings { .. })
+        )
+    })
 }
 
 /// Returns whether the error is stdout closed by its reader, as in

@@ -290,8 +290,14 @@ fn invalid_preprocessing_is_reported() {
             .arg(&model)
             .args(args);
         let run: common::Run = command.output().unwrap().into();
-        assert_eq!(run.status, 1, "{args:?}: {}", run.stderr);
+        assert_eq!(run.status, 2, "{args:?}: {}", run.stderr);
         assert!(run.stderr.contains(message), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("settings do not fit the model"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("unsupported"), "{args:?}: {}", run.stderr);
     }
 
     std::fs::write(setup.path("fixed.preprocess.toml"), "sise = 224\n").unwrap();

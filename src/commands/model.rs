@@ -22,9 +22,13 @@ pub fn run(global: &GlobalArgs, args: &ModelArgs) -> anyhow::Result<Status> {
     let (input_name, input_dims) = first_input(&graph).context("the model has no inputs")?;
     let input_dims = input_dims.unwrap_or_default();
     outln!("input: {input_name} {}", show_shape(&input_dims))?;
-    let preprocessing = settings
-        .resolve(&input_dims)
-        .map_err(|message| anyhow::anyhow!("input tensor {input_name}: {message}"))?;
+    let preprocessing =
+        settings
+            .resolve(&input_dims)
+            .map_err(|message| crate::model::ModelError::Settings {
+                name: args.file.display().to_string(),
+                message: format!("input tensor {input_name}: {message}"),
+            })?;
     let origin = match &settings_file {
         Some(path) => format!("settings from {}", path.display()),
         None => "no preprocessing file".to_string(),

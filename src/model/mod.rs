@@ -59,6 +59,11 @@ pub enum ModelError {
          (`imgsim model FILE` lists the candidates)"
     )]
     Unsupported { name: String, message: String },
+    /// Preprocessing settings (options or a preprocessing file) that
+    /// contradict the model's input, such as `--input-size 256` for a model
+    /// that takes 224x224: a usage error, exit status 2.
+    #[error("{name}: the preprocessing settings do not fit the model: {message}")]
+    Settings { name: String, message: String },
     #[error("{name}: inference failed: {message}")]
     Inference { name: String, message: String },
 }
@@ -197,9 +202,13 @@ impl Embedder {
             message,
         })?;
         let (input_name, input_dims) = check_input(&session, &name)?;
-        let preprocessing = input
-            .resolve(&input_dims)
-            .map_err(|message| unsupported(format!("input tensor {input_name}: {message}")))?;
+        let preprocessing =
+            input
+                .resolve(&input_dims)
+                .map_err(|message| ModelError::Settings {
+                    name: name.clone(),
+                    message: format!("input tensor {input_name}: {message}"),
+                })?;
         let mut embedder = Embedder {
             session,
             identity: ModelIdentity {
