@@ -115,9 +115,25 @@ fn scan_root(
     }
     result.readable_roots += 1;
     let before = result.candidates.len();
+    // Folders that `imgsim dupes --move-to` filled hold the copies moved
+    // aside; indexing them again would bring every duplicate back. They
+    // are indexed only when named as a root.
     let walker = WalkDir::new(&absolute)
         .follow_links(options.follow_links)
-        .sort_by_file_name();
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|entry| {
+            let moved_aside = entry.depth() > 0
+                && entry.file_type().is_dir()
+                && entry.path().join(MOVED_ASIDE_MARKER).exists();
+            if moved_aside {
+                tracing::info!(
+                    "skipped {}: it holds duplicates moved aside by `imgsim dupes --move-to`",
+                    crate::paths::display_path(entry.path())
+                );
+            }
+            !moved_aside
+        });
     // NOTE: the walk does not check for Ctrl-C; on a slow network share a
     // large tree is walked to the end before the run can stop.
     for entry in walker {
@@ -157,6 +173,10 @@ fn scan_root(
         candidates: result.candidates.len() - before,
     });
 }
+
+/// Name of the file that `imgsim dupes --move-to` writes into its folder,
+/// so that walks below an indexed root leave the folder out.
+pub const MOVED_ASIDE_MARKER: &str = ".imgsim-moved-aside";
 
 fn push_candidate(
     path: &Path,

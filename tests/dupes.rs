@@ -205,7 +205,8 @@ fn move_to_is_a_dry_run_until_applied() {
     let database = dir.path().join("index.db");
     let (run, _) = common::index(&database, &[&folder]);
     assert_eq!(run.status, 0, "{}", run.stderr);
-    let quarantine = dir.path().join("quarantine");
+    // Inside the indexed folder, so a later index run walks past it.
+    let quarantine = folder.join("quarantine");
 
     let dry = common::run(
         &database,
@@ -264,10 +265,16 @@ fn move_to_is_a_dry_run_until_applied() {
         assert!(!Path::new(entry["from"].as_str().unwrap()).exists());
     }
 
-    // The moved files are gone from the database too.
+    // The moved files are gone from the database too, and indexing the
+    // folder again leaves the quarantine out.
     let after = dupes_json(&database, &[]);
     assert_eq!(after["summary"]["images"], 2);
     assert_eq!(after["summary"]["groups"], 0);
+    let (run, summary) = common::index(&database, &[&folder]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(summary["indexed"], 0, "{}", run.stderr);
+    assert_eq!(summary["total_in_database"], 2);
+    assert!(quarantine.join(".imgsim-moved-aside").exists());
 }
 
 fn common_moved(dir: &Path, original: &Path) -> PathBuf {

@@ -297,7 +297,11 @@ fn invalid_preprocessing_is_reported() {
             "{args:?}: {}",
             run.stderr
         );
-        assert!(!run.stderr.contains("unsupported"), "{args:?}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains("unsupported"),
+            "{args:?}: {}",
+            run.stderr
+        );
     }
 
     std::fs::write(setup.path("fixed.preprocess.toml"), "sise = 224\n").unwrap();

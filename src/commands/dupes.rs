@@ -346,6 +346,13 @@ fn move_duplicates(
     // moves.
     store.check_writable()?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let marker = dir.join(crate::scan::MOVED_ASIDE_MARKER);
+    std::fs::write(
+        &marker,
+        "imgsim dupes --move-to moved duplicates here; imgsim index leaves this folder out \
+         unless it is named as a root.\n",
+    )
+    .with_context(|| format!("{}: cannot write", marker.display()))?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -202,13 +202,12 @@ impl Embedder {
             message,
         })?;
         let (input_name, input_dims) = check_input(&session, &name)?;
-        let preprocessing =
-            input
-                .resolve(&input_dims)
-                .map_err(|message| ModelError::Settings {
-                    name: name.clone(),
-                    message: format!("input tensor {input_name}: {message}"),
-                })?;
+        let preprocessing = input
+            .resolve(&input_dims)
+            .map_err(|message| ModelError::Settings {
+                name: name.clone(),
+                message: format!("input tensor {input_name}: {message}"),
+            })?;
         let mut embedder = Embedder {
             session,
             identity: ModelIdentity {
