@@ -659,3 +659,43 @@ fn group_with_missing_keeper_is_not_moved() {
     );
     assert!(folder.join("thumbnail.jpg").is_file(), "{}", run.stderr);
 }
+
+#[test]
+fn captioned_copy_is_near_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    let pairs = common::photo_thumbnail_pairs();
+    // The source and the next burst frame of the same scene, which must
+    // stay out of the group.
+    let source = image::open(&pairs[0].0).unwrap().to_rgb8();
+    std::fs::copy(&pairs[1].0, folder.join("next_frame.jpg")).unwrap();
+    source.save(folder.join("original.png")).unwrap();
+    let mut captioned = source.clone();
+    let (width, height) = captioned.dimensions();
+    for y in height - height / 8..height {
+        for x in 0..width {
+            captioned.put_pixel(x, y, image::Rgb([0, 0, 0]));
+        }
+    }
+    // A few white strokes stand in for the caption text.
+    for y in height - height / 12..height - height / 12 + 6 {
+        for x in (20..width / 2).filter(|x| x % 9 < 5) {
+            captioned.put_pixel(x, y, image::Rgb([255, 255, 255]));
+        }
+    }
+    captioned.save(folder.join("captioned.png")).unwrap();
+
+    let database = dir.path().join("index.db");
+    let (run, _) = common::index(&database, &[&folder]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let output = dupes_json(&database, &[]);
+    let groups = group_names(&output);
+    let expected: BTreeSet<String> = ["captioned.png", "original.png"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(groups, vec![expected], "{output}");
+    assert_eq!(output["groups"][0]["tier"], "near-identical");
+    assert_eq!(output["summary"]["aligned_pairs"], 1, "{output}");
+}

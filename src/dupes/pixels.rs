@@ -95,7 +95,13 @@ fn resize_rgb(pixels: &RgbImage, width: u32, height: u32) -> Vec<u8> {
     resized.into_vec()
 }
 
-fn resize_grey(grey: &[u8], width: u32, height: u32, to_width: u32, to_height: u32) -> Vec<f32> {
+pub(super) fn resize_grey(
+    grey: &[u8],
+    width: u32,
+    height: u32,
+    to_width: u32,
+    to_height: u32,
+) -> Vec<f32> {
     if (width, height) == (to_width, to_height) {
         return grey.iter().map(|&v| f32::from(v)).collect();
     }
@@ -110,7 +116,7 @@ fn resize_grey(grey: &[u8], width: u32, height: u32, to_width: u32, to_height: u
 }
 
 /// Blurs with the 3x3 kernel [1 2 1]^T [1 2 1] / 16, repeating edge pixels.
-fn blur(values: &[f32], width: usize, height: usize) -> Vec<f32> {
+pub(super) fn blur(values: &[f32], width: usize, height: usize) -> Vec<f32> {
     let mut rows = vec![0.0; values.len()];
     for y in 0..height {
         let row = &values[y * width..(y + 1) * width];

@@ -1,0 +1,489 @@
+//! Pixel comparison of pictures that do not line up as they are: a copy
+//! cropped a little, tilted a few degrees, or with a caption band.
+//!
+//! The search looks for the similarity transform (scale, rotation, shift)
+//! that best maps the first picture onto the second. It tries a coarse grid
+//! of scales and angles at 32 pixels, climbing over shifts from each, and
+//! refines the best at 64 pixels. The final score matches grey levels by
+//! rank and may leave out one band along an edge. It reports the mean
+//! residual and the worst block of a grid, because burst frames differ in
+//! one place (where something moved) while copies differ a little
+//! everywhere. At least [`MIN_OVERLAP`] of the first picture must land
+//! inside the second, so a small detail never matches a whole picture.
+
+use super::pixels::{blur, resize_grey, Signature};
+
+/// Long side of the pictures in the coarse search, in pixels.
+const COARSE_SIDE: u32 = 32;
+/// Long side of the pictures in the fine search, in pixels; smaller
+/// signatures are used at their own size.
+const FINE_SIDE: u32 = 64;
+/// Scales tried in the coarse search, first picture to second.
+const COARSE_SCALES: [f32; 9] = [0.80, 0.85, 0.90, 0.95, 1.0, 1.05, 1.11, 1.18, 1.25];
+/// Angles tried in the coarse search, in degrees.
+const COARSE_ANGLES: [f32; 7] = [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0];
+/// Coarse results refined at the fine size.
+const REFINED: usize = 2;
+/// Minimum share of the first picture that must land inside the second.
+pub const MIN_OVERLAP: f32 = 0.7;
+/// Largest share of the rows or columns that one band along an edge may
+/// take out of the score.
+pub const MAX_BAND: f32 = 0.15;
+
+/// The best transform found and its score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Alignment {
+    /// Mean absolute residual in grey levels (lower is more alike).
+    pub residual: f32,
+    /// Largest mean absolute residual of a block, see [`final_score`].
+    pub block_residual: f32,
+    /// Scale from the first picture to the second.
+    pub scale: f32,
+    /// Rotation from the first picture to the second, in degrees.
+    pub angle: f32,
+}
+
+/// A blurred grey picture that can be sampled between pixels.
+struct Plane {
+    width: usize,
+    height: usize,
+    values: Vec<f32>,
+}
+
+impl Plane {
+    fn of(signature: &Signature, side: u32) -> Plane {
+        let long = signature.width.max(signature.height);
+        let (width, height) = if long <= side {
+            (signature.width, signature.height)
+        } else {
+            let scale = f64::from(side) / f64::from(long);
+            let scaled = |v: u32| ((f64::from(v) * scale).round() as u32).max(1);
+            (scaled(signature.width), scaled(signature.height))
+        };
+        let (w, h) = (width as usize, height as usize);
+        let mut values = resize_grey(
+            &signature.grey,
+            signature.width,
+            signature.height,
+            width,
+            height,
+        );
+        values = blur(&values, w, h);
+        Plane {
+            width: w,
+            height: h,
+            values,
+        }
+    }
+
+    fn long_side(&self) -> f32 {
+        self.width.max(self.height) as f32
+    }
+
+    /// Returns the bilinear sample at (x, y), or `None` outside the picture.
+    fn sample(&self, x: f32, y: f32) -> Option<f32> {
+        if !(x >= 0.0 && y >= 0.0) {
+            return None;
+        }
+        let (x0, y0) = (x as usize, y as usize);
+        if x0 + 1 >= self.width || y0 + 1 >= self.height {
+            return None;
+        }
+        let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+        let row = y0 * self.width;
+        let top = self.values[row + x0] * (1.0 - fx) + self.values[row + x0 + 1] * fx;
+        let bottom = self.values[row + self.width + x0] * (1.0 - fx)
+            + self.values[row + self.width + x0 + 1] * fx;
+        Some(top * (1.0 - fy) + bottom * fy)
+    }
+}
+
+/// A similarity transform in coordinates centred on each picture and
+/// divided by its long side.
+#[derive(Debug, Clone, Copy)]
+struct Transform {
+    scale: f32,
+    angle: f32,
+    shift_x: f32,
+    shift_y: f32,
+}
+
+/// Maps every pixel of `first` through `transform` into `second` and
+/// returns, per pixel of `first` in row order, the pair of grey values, or
+/// `None` where it lands outside `second`.
+fn mapped_pairs(first: &Plane, second: &Plane, transform: &Transform) -> Vec<Option<(f32, f32)>> {
+    let (sin, cos) = transform.angle.to_radians().sin_cos();
+    let ratio = transform.scale * second.long_side() / first.long_side();
+    let (a, b) = (ratio * cos, ratio * sin);
+    let centre_first = (
+        (first.width - 1) as f32 / 2.0,
+        (first.height - 1) as f32 / 2.0,
+    );
+    let centre_second = (
+        (second.width - 1) as f32 / 2.0 + transform.shift_x * second.long_side(),
+        (second.height - 1) as f32 / 2.0 + transform.shift_y * second.long_side(),
+    );
+    let mut pairs = Vec::with_capacity(first.values.len());
+    for y in 0..first.height {
+        let dy = y as f32 - centre_first.1;
+        for x in 0..first.width {
+            let dx = x as f32 - centre_first.0;
+            let sx = centre_second.0 + a * dx - b * dy;
+            let sy = centre_second.1 + b * dx + a * dy;
+            pairs.push(
+                second
+                    .sample(sx, sy)
+                    .map(|value| (first.values[y * first.width + x], value)),
+            );
+        }
+    }
+    pairs
+}
+
+/// Scores `transform` mapping `first` onto `second` for the search: the
+/// mean absolute residual of the best-fitting 80% of the pixels after a
+/// gain and offset fit on them, or `None` when too little of `first` lands
+/// inside `second`. Fitting and scoring on the best part keeps a caption
+/// band or a clipped sky from pulling the search off the right transform.
+fn score(first: &Plane, second: &Plane, transform: &Transform) -> Option<f32> {
+    let mut pairs: Vec<(f32, f32)> = mapped_pairs(first, second, transform)
+        .into_iter()
+        .flatten()
+        .collect();
+    if (pairs.len() as f32) < MIN_OVERLAP * first.values.len() as f32 {
+        return None;
+    }
+    let (gain, mean_a, mean_b) = fit(&pairs);
+    let residual = |(va, vb): &(f32, f32)| (vb - (gain * (va - mean_a) + mean_b)).abs();
+    let kept = pairs.len() * 4 / 5;
+    pairs.select_nth_unstable_by(kept, |p, q| residual(p).total_cmp(&residual(q)));
+    pairs.truncate(kept.max(1));
+    let (gain, mean_a, mean_b) = fit(&pairs);
+    let total: f32 = pairs
+        .iter()
+        .map(|(va, vb)| (vb - (gain * (va - mean_a) + mean_b)).abs())
+        .sum();
+    Some(total / pairs.len() as f32)
+}
+
+/// Returns the least-squares fit b = gain * (a - mean a) + mean b as
+/// (gain, mean a, mean b).
+fn fit(pairs: &[(f32, f32)]) -> (f32, f32, f32) {
+    let count = pairs.len().max(1) as f32;
+    let (sum_a, sum_b) = pairs
+        .iter()
+        .fold((0.0, 0.0), |(sa, sb), (va, vb)| (sa + va, sb + vb));
+    let (mean_a, mean_b) = (sum_a / count, sum_b / count);
+    let (covariance, variance) = pairs.iter().fold((0.0, 0.0), |(c, v), (va, vb)| {
+        let da = va - mean_a;
+        (c + da * (vb - mean_b), v + da * da)
+    });
+    // A flat picture has no contrast to fit; compare it as it is.
+    let gain = if variance > 1e-3 {
+        covariance / variance
+    } else {
+        1.0
+    };
+    (gain, mean_a, mean_b)
+}
+
+/// Scores the final transform. The grey levels of `first` are mapped onto
+/// those of `second` by rank (histogram matching), which absorbs any
+/// monotonic tone change such as brightening with clipped highlights.
+/// One band along an edge, up to [`MAX_BAND`] of the rows or columns, may
+/// be left out for a caption band. The band that gives the lowest mean
+/// absolute residual is used. Returns that mean and the largest mean over
+/// the blocks of a [`BLOCKS`] x [`BLOCKS`] grid, which is high when one
+/// part of the picture differs, as where something moved between burst
+/// frames.
+fn final_score(first: &Plane, second: &Plane, transform: &Transform) -> Option<(f32, f32)> {
+    let pairs = mapped_pairs(first, second, transform);
+    let inside = pairs.iter().filter(|p| p.is_some()).count();
+    if (inside as f32) < MIN_OVERLAP * first.values.len() as f32 {
+        return None;
+    }
+    let (w, h) = (first.width, first.height);
+    let mut best: Option<(f32, f32)> = None;
+    for band in bands(w, h) {
+        let kept: Vec<usize> = (0..pairs.len())
+            .filter(|&i| pairs[i].is_some() && !band.contains(i % w, i / w))
+            .collect();
+        let residual = matched_residual(&pairs, &kept);
+        let mean = kept.iter().map(|&i| residual[i]).sum::<f32>() / kept.len().max(1) as f32;
+        if best.is_none_or(|(b, _)| mean < b) {
+            best = Some((mean, largest_block_mean(&residual, &kept, w, h)));
+        }
+    }
+    best
+}
+
+/// Number of blocks per side of the grid in [`final_score`].
+pub const BLOCKS: usize = 6;
+
+/// A band along one edge of the picture, left out of the score: rows
+/// above or from a row, columns left of or from a column.
+#[derive(Debug, Clone, Copy)]
+enum Band {
+    None,
+    Above(usize),
+    From(usize),
+    LeftOf(usize),
+    FromColumn(usize),
+}
+
+impl Band {
+    fn contains(&self, x: usize, y: usize) -> bool {
+        match *self {
+            Band::None => false,
+            Band::Above(row) => y < row,
+            Band::From(row) => y >= row,
+            Band::LeftOf(column) => x < column,
+            Band::FromColumn(column) => x >= column,
+        }
+    }
+}
+
+/// Returns no band, then bands of 5%, 10% and 15% along each edge.
+fn bands(width: usize, height: usize) -> Vec<Band> {
+    let mut bands = vec![Band::None];
+    for share in [0.05, 0.10, MAX_BAND] {
+        let rows = (height as f32 * share).round() as usize;
+        let columns = (width as f32 * share).round() as usize;
+        bands.extend([
+            Band::Above(rows),
+            Band::From(height - rows),
+            Band::LeftOf(columns),
+            Band::FromColumn(width - columns),
+        ]);
+    }
+    bands
+}
+
+/// Returns, for the pixels in `kept`, the absolute difference between the
+/// second value and the first value mapped by rank onto the second's
+/// values. Other entries are zero.
+fn matched_residual(pairs: &[Option<(f32, f32)>], kept: &[usize]) -> Vec<f32> {
+    let value = |i: usize| pairs[i].unwrap_or_default();
+    let mut targets: Vec<f32> = kept.iter().map(|&i| value(i).1).collect();
+    targets.sort_by(f32::total_cmp);
+    let mut by_first = kept.to_vec();
+    by_first.sort_by(|&i, &j| value(i).0.total_cmp(&value(j).0));
+    let mut residual = vec![0.0; pairs.len()];
+    for (rank, &i) in by_first.iter().enumerate() {
+        residual[i] = (value(i).1 - targets[rank]).abs();
+    }
+    residual
+}
+
+/// Returns the largest mean residual over the blocks of a [`BLOCKS`] x
+/// [`BLOCKS`] grid, counting only blocks that are at least half kept and
+/// leaving out the four corner blocks, where a tilted copy has its fill.
+fn largest_block_mean(residual: &[f32], kept: &[usize], width: usize, height: usize) -> f32 {
+    let mut sums = [[(0.0f32, 0usize); BLOCKS]; BLOCKS];
+    for &i in kept {
+        let (x, y) = (i % width, i / width);
+        let cell = &mut sums[y * BLOCKS / height][x * BLOCKS / width];
+        cell.0 += residual[i];
+        cell.1 += 1;
+    }
+    let full = (width / BLOCKS) * (height / BLOCKS);
+    let corner = |row: usize, column: usize| {
+        (row == 0 || row == BLOCKS - 1) && (column == 0 || column == BLOCKS - 1)
+    };
+    let mut largest = 0.0f32;
+    for (row, cells) in sums.iter().enumerate() {
+        for (column, (sum, count)) in cells.iter().enumerate() {
+            if !corner(row, column) && *count * 2 >= full {
+                largest = largest.max(sum / *count as f32);
+            }
+        }
+    }
+    largest
+}
+
+/// Moves the shift in steps of `step` (in units of the long side) while a
+/// neighbouring shift scores better, for at most `moves` steps.
+fn climb_shift(
+    first: &Plane,
+    second: &Plane,
+    mut best: (Transform, f32),
+    step: f32,
+    moves: usize,
+) -> (Transform, f32) {
+    for _ in 0..moves {
+        let mut improved = false;
+        for (dx, dy) in [(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)] {
+            let candidate = Transform {
+                shift_x: best.0.shift_x + dx * step,
+                shift_y: best.0.shift_y + dy * step,
+                ..best.0
+            };
+            if let Some(value) = score(first, second, &candidate) {
+                if value < best.1 {
+                    best = (candidate, value);
+                    improved = true;
+                }
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    best
+}
+
+/// Finds the transform that best maps `first` onto `second`, or `None`
+/// when either is too small to compare (under 16 pixels on a side).
+pub fn align(first: &Signature, second: &Signature) -> Option<Alignment> {
+    let smallest = first
+        .width
+        .min(first.height)
+        .min(second.width)
+        .min(second.height);
+    if smallest < 16 {
+        return None;
+    }
+    let (coarse_first, coarse_second) = (
+        Plane::of(first, COARSE_SIDE),
+        Plane::of(second, COARSE_SIDE),
+    );
+    let pixel = 1.0 / coarse_second.long_side();
+    let mut coarse: Vec<(Transform, f32)> = Vec::new();
+    for scale in COARSE_SCALES {
+        for angle in COARSE_ANGLES {
+            let start = Transform {
+                scale,
+                angle,
+                shift_x: 0.0,
+                shift_y: 0.0,
+            };
+            let Some(value) = score(&coarse_first, &coarse_second, &start) else {
+                continue;
+            };
+            coarse.push(climb_shift(
+                &coarse_first,
+                &coarse_second,
+                (start, value),
+                pixel,
+                6,
+            ));
+        }
+    }
+    coarse.sort_by(|a, b| a.1.total_cmp(&b.1));
+
+    let side = FINE_SIDE
+        .min(first.width.max(first.height))
+        .min(second.width.max(second.height));
+    let (fine_first, fine_second) = (Plane::of(first, side), Plane::of(second, side));
+    let pixel = 1.0 / fine_second.long_side();
+    let mut best: Option<(Transform, f32)> = None;
+    for (transform, _) in coarse.into_iter().take(REFINED) {
+        let Some(value) = score(&fine_first, &fine_second, &transform) else {
+            continue;
+        };
+        let mut current = (transform, value);
+        for (scale_step, angle_step, shift_step) in
+            [(0.02, 1.0, 2.0), (0.01, 0.5, 1.0), (0.005, 0.25, 0.5)]
+        {
+            current = climb_shift(&fine_first, &fine_second, current, shift_step * pixel, 8);
+            for (scale, angle) in [
+                (1.0 + scale_step, 0.0),
+                (1.0 - scale_step, 0.0),
+                (1.0, angle_step),
+                (1.0, -angle_step),
+            ] {
+                let candidate = Transform {
+                    scale: current.0.scale * scale,
+                    angle: current.0.angle + angle,
+                    ..current.0
+                };
+                let climbed = score(&fine_first, &fine_second, &candidate).map(|value| {
+                    climb_shift(
+                        &fine_first,
+                        &fine_second,
+                        (candidate, value),
+                        shift_step * pixel,
+                        4,
+                    )
+                });
+                if let Some(found) = climbed.filter(|found| found.1 < current.1) {
+                    current = found;
+                }
+            }
+        }
+        if best.is_none_or(|b| current.1 < b.1) {
+            best = Some(current);
+        }
+    }
+    let (transform, _) = best?;
+    let (residual, block_residual) = final_score(&fine_first, &fine_second, &transform)?;
+    Some(Alignment {
+        residual,
+        block_residual,
+        scale: transform.scale,
+        angle: transform.angle,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{Rgb, RgbImage};
+
+    /// Makes a picture with smooth structure at several scales, like a
+    /// photo seen at signature size, different for each seed.
+    fn scene(width: u32, height: u32, seed: u32) -> RgbImage {
+        let phase = seed as f32 * 1.9;
+        RgbImage::from_fn(width, height, |x, y| {
+            let (u, v) = (
+                x as f32 * 640.0 / width as f32,
+                y as f32 * 480.0 / height as f32,
+            );
+            let wave = ((u / 23.0 + phase).sin() + (v / 17.0).cos()) * 40.0
+                + ((u + v) / 61.0 + phase).sin() * 50.0
+                + ((u - 2.0 * v) / 97.0).cos() * 30.0
+                + 128.0;
+            let grey = wave.clamp(0.0, 255.0) as u8;
+            Rgb([grey, grey.saturating_sub(20), 255 - grey])
+        })
+    }
+
+    #[test]
+    fn crop_is_aligned() {
+        let photo = scene(640, 480, 0);
+        let crop = image::imageops::crop_imm(&photo, 38, 19, 582, 437).to_image();
+        let found = align(&Signature::of(&crop), &Signature::of(&photo)).unwrap();
+        assert!(found.residual < 3.0, "{found:?}");
+        assert!((found.scale - 582.0 / 640.0).abs() < 0.02, "{found:?}");
+        assert!(found.angle.abs() <= 0.75, "{found:?}");
+    }
+
+    #[test]
+    fn tilt_is_aligned() {
+        let photo = scene(640, 480, 1);
+        let tilted = RgbImage::from_fn(640, 480, |x, y| {
+            let (sin, cos) = 4.0f32.to_radians().sin_cos();
+            let (dx, dy) = (x as f32 - 319.5, y as f32 - 239.5);
+            let (sx, sy) = (319.5 + cos * dx - sin * dy, 239.5 + sin * dx + cos * dy);
+            if sx >= 0.0 && sy >= 0.0 && (sx as u32) < 640 && (sy as u32) < 480 {
+                *photo.get_pixel(sx as u32, sy as u32)
+            } else {
+                Rgb([0, 0, 0])
+            }
+        });
+        let found = align(&Signature::of(&tilted), &Signature::of(&photo)).unwrap();
+        assert!(found.residual < 2.0, "{found:?}");
+        assert!((found.angle - 4.0).abs() <= 0.5, "{found:?}");
+        assert!((found.scale - 1.0).abs() < 0.02, "{found:?}");
+    }
+
+    #[test]
+    fn other_scene_stays_apart() {
+        let found = align(
+            &Signature::of(&scene(640, 480, 0)),
+            &Signature::of(&scene(640, 480, 1)),
+        )
+        .unwrap();
+        assert!(found.residual > 8.0, "{found:?}");
+    }
+}
