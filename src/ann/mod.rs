@@ -242,7 +242,7 @@ impl AnnIndex {
     /// files have the sizes and digests in `expected`, so a truncated,
     /// replaced or foreign file is never handed to the loader.
     ///
-    /// At 100,000 vectors this load takes seconds; searches that do not
+    /// At 100,000 vectors this load takes seconds, so searches that do not
     /// change the graph open it as a [`FrozenGraph`] instead.
     pub fn load(dir: &Path, basename: &str, expected: &SavedFiles) -> Result<AnnIndex, AnnError> {
         check_saved(dir, basename, expected)?;
