@@ -281,28 +281,6 @@ fn common_moved(dir: &Path, original: &Path) -> PathBuf {
     dir.join(original.strip_prefix("/").unwrap())
 }
 
-/// Peak resident memory of a finished child, in KiB.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot do
-fn run_with_peak_memory(mut command: std::process::Command) -> (i32, i64, String) {
-    let output_path = tempfile::NamedTempFile::new().unwrap();
-    let child = command
-        .stdout(std::fs::File::create(output_path.path()).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut status = 0;
-    // SAFETY: rusage is plain data, and wait4 reaps the child spawned above,
-    // whose `Child` handle is never waited on again.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
-        assert_eq!(pid, child.id() as libc::pid_t);
-        usage
-    };
-    let stdout = std::fs::read_to_string(output_path.path()).unwrap();
-    (libc::WEXITSTATUS(status), usage.ru_maxrss, stdout)
-}
-
 /// Deterministic pseudo-random unit vector.
 fn random_unit(seed: u64, dimension: usize) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -392,7 +370,7 @@ fn ten_thousand_images_in_bounded_memory() {
 
     let mut command = common::imgsim(&database);
     command.args(["-q", "dupes", "--json"]);
-    let (status, peak_kib, stdout) = run_with_peak_memory(command);
+    let (status, peak_kib, stdout) = common::run_with_peak_memory(command);
     assert_eq!(status, 0);
     let output: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(output["summary"]["images"], 10_000);

@@ -232,27 +232,15 @@ fn npz_holds_features_and_paths() {
 
 /// Runs `imgsim embed` on `folder` into an `.npz` and returns the exit
 /// status and the process's peak resident memory in KiB.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot do
 fn embed_peak_memory(folder: &Path, output: &Path) -> (i32, i64) {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_imgsim"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_imgsim"));
+    command
         .args(["--threads", "2", "-q", "embed"])
         .arg(folder)
         .arg("-o")
-        .arg(output)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut status = 0;
-    // SAFETY: rusage is plain data, and wait4 reaps the child spawned above,
-    // whose `Child` handle is never waited on again.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
-        assert_eq!(pid, child.id() as libc::pid_t);
-        usage
-    };
-    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+        .arg(output);
+    let (status, peak_kib, _) = common::run_with_peak_memory(command);
+    (status, peak_kib)
 }
 
 #[test]

@@ -132,3 +132,27 @@ pub fn query(database: &Path, image: &Path, k: usize) -> Vec<(PathBuf, f64)> {
         })
         .collect()
 }
+
+/// Runs `command` to its end and returns its exit status, its peak
+/// resident memory in KiB and its standard output. Standard error is
+/// discarded.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot do
+pub fn run_with_peak_memory(mut command: Command) -> (i32, i64, String) {
+    let output_path = tempfile::NamedTempFile::new().unwrap();
+    let child = command
+        .stdout(std::fs::File::create(output_path.path()).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data, and wait4 reaps the child spawned above,
+    // whose `Child` handle is never waited on again.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+        assert_eq!(pid, child.id() as libc::pid_t);
+        usage
+    };
+    let stdout = std::fs::read_to_string(output_path.path()).unwrap();
+    (libc::WEXITSTATUS(status), usage.ru_maxrss, stdout)
+}
