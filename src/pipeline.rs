@@ -19,7 +19,7 @@ use crate::decode::{decode_file, DecodeOptions};
 use crate::model::{Embedder, ModelError};
 use crate::plan::{plan_run, Plan, ToEmbed};
 use crate::preprocess::Preprocessing;
-use crate::scan::{scan_roots, ScanOptions};
+use crate::scan::{scan_roots_until, ScanOptions};
 use crate::store::{NewImage, Store, StoreError};
 
 /// Default number of images per inference batch and per transaction.
@@ -136,7 +136,12 @@ pub fn index_roots(
 ) -> Result<IndexReport, PipelineError> {
     let started = Instant::now();
     let mut report = IndexReport::default();
-    let scan = scan_roots(roots, &settings.scan);
+    let scan = scan_roots_until(roots, &settings.scan, cancel);
+    if scan.interrupted {
+        report.interrupted = true;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
     for failure in &scan.failures {
         record_failure(
             &mut report,

@@ -14,6 +14,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
 use walkdir::WalkDir;
@@ -60,6 +61,9 @@ pub struct ScanResult {
     /// Symbolic link loops seen with `follow_links`: (link, message). They
     /// are not failures, since nothing that could be indexed was missed.
     pub loops: Vec<(PathBuf, String)>,
+    /// The walk stopped early because the run was cancelled; the result is
+    /// incomplete and must not be used to find removed files.
+    pub interrupted: bool,
 }
 
 /// How to walk.
@@ -72,10 +76,24 @@ pub struct ScanOptions {
 /// Walks `roots` and returns the candidate files, without duplicates, and
 /// every path that could not be read.
 pub fn scan_roots(roots: &[PathBuf], options: &ScanOptions) -> ScanResult {
+    scan_roots_until(roots, options, &AtomicBool::new(false))
+}
+
+/// Walks `roots` like [`scan_roots`], stopping as soon as `cancel` is set,
+/// so that Ctrl-C ends a walk over a large tree or a slow network share
+/// at once. An interrupted result has `interrupted` set.
+pub fn scan_roots_until(
+    roots: &[PathBuf],
+    options: &ScanOptions,
+    cancel: &AtomicBool,
+) -> ScanResult {
     let mut result = ScanResult::default();
     let mut seen = HashSet::new();
     for root in roots {
-        scan_root(root, options, &mut result, &mut seen);
+        scan_root(root, options, &mut result, &mut seen, cancel);
+        if result.interrupted {
+            break;
+        }
     }
     result
 }
@@ -85,6 +103,7 @@ fn scan_root(
     options: &ScanOptions,
     result: &mut ScanResult,
     seen: &mut HashSet<PathBuf>,
+    cancel: &AtomicBool,
 ) {
     // The canonical path (absolute, without `..` or symbolic links) keeps
     // one file from being stored twice when it is reached by two spellings.
@@ -134,9 +153,11 @@ fn scan_root(
             }
             !moved_aside
         });
-    // NOTE: the walk does not check for Ctrl-C; on a slow network share a
-    // large tree is walked to the end before the run can stop.
     for entry in walker {
+        if cancel.load(Ordering::Relaxed) {
+            result.interrupted = true;
+            return;
+        }
         let entry = match entry {
             Ok(entry) => entry,
             Err(error) => {
@@ -334,5 +355,20 @@ mod tests {
         assert!(result.candidates.is_empty());
         assert_eq!(result.failures.len(), 1);
         assert_eq!(result.failures[0].reason, "not found");
+    }
+
+    #[test]
+    fn cancelled_walk_stops_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.jpg", "b.png"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let roots = [dir.path().to_path_buf()];
+        let cancelled = scan_roots_until(&roots, &ScanOptions::default(), &AtomicBool::new(true));
+        assert!(cancelled.interrupted);
+        assert!(cancelled.candidates.is_empty());
+        let finished = scan_roots_until(&roots, &ScanOptions::default(), &AtomicBool::new(false));
+        assert!(!finished.interrupted);
+        assert_eq!(finished.candidates.len(), 2);
     }
 }
