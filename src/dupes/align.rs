@@ -11,7 +11,7 @@
 //! everywhere. At least [`MIN_OVERLAP`] of the first picture must land
 //! inside the second, so a small detail never matches a whole picture.
 
-use super::pixels::{blur, resize_grey, Signature};
+use super::pixels::{blur, gain_fit, resize_grey, Signature};
 
 /// Long side of the pictures in the coarse search, in pixels.
 const COARSE_SIDE: u32 = 32;
@@ -153,38 +153,17 @@ fn score(first: &Plane, second: &Plane, transform: &Transform) -> Option<f32> {
     if (pairs.len() as f32) < MIN_OVERLAP * first.values.len() as f32 {
         return None;
     }
-    let (gain, mean_a, mean_b) = fit(&pairs);
+    let (gain, mean_a, mean_b) = gain_fit(pairs.iter().copied());
     let residual = |(va, vb): &(f32, f32)| (vb - (gain * (va - mean_a) + mean_b)).abs();
-    let kept = pairs.len() * 4 / 5;
-    pairs.select_nth_unstable_by(kept, |p, q| residual(p).total_cmp(&residual(q)));
-    pairs.truncate(kept.max(1));
-    let (gain, mean_a, mean_b) = fit(&pairs);
+    let best_part = pairs.len() * 4 / 5;
+    pairs.select_nth_unstable_by(best_part, |p, q| residual(p).total_cmp(&residual(q)));
+    pairs.truncate(best_part.max(1));
+    let (gain, mean_a, mean_b) = gain_fit(pairs.iter().copied());
     let total: f32 = pairs
         .iter()
         .map(|(va, vb)| (vb - (gain * (va - mean_a) + mean_b)).abs())
         .sum();
     Some(total / pairs.len() as f32)
-}
-
-/// Returns the least-squares fit b = gain * (a - mean a) + mean b as
-/// (gain, mean a, mean b).
-fn fit(pairs: &[(f32, f32)]) -> (f32, f32, f32) {
-    let count = pairs.len().max(1) as f32;
-    let (sum_a, sum_b) = pairs
-        .iter()
-        .fold((0.0, 0.0), |(sa, sb), (va, vb)| (sa + va, sb + vb));
-    let (mean_a, mean_b) = (sum_a / count, sum_b / count);
-    let (covariance, variance) = pairs.iter().fold((0.0, 0.0), |(c, v), (va, vb)| {
-        let da = va - mean_a;
-        (c + da * (vb - mean_b), v + da * da)
-    });
-    // A flat picture has no contrast to fit; compare it as it is.
-    let gain = if variance > 1e-3 {
-        covariance / variance
-    } else {
-        1.0
-    };
-    (gain, mean_a, mean_b)
 }
 
 /// Scores the final transform. The grey levels of `first` are mapped onto
@@ -205,13 +184,13 @@ fn final_score(first: &Plane, second: &Plane, transform: &Transform) -> Option<(
     let (w, h) = (first.width, first.height);
     let mut best: Option<(f32, f32)> = None;
     for band in bands(w, h) {
-        let kept: Vec<usize> = (0..pairs.len())
+        let counted: Vec<usize> = (0..pairs.len())
             .filter(|&i| pairs[i].is_some() && !band.contains(i % w, i / w))
             .collect();
-        let residual = matched_residual(&pairs, &kept);
-        let mean = kept.iter().map(|&i| residual[i]).sum::<f32>() / kept.len().max(1) as f32;
+        let residual = matched_residual(&pairs, &counted);
+        let mean = counted.iter().map(|&i| residual[i]).sum::<f32>() / counted.len().max(1) as f32;
         if best.is_none_or(|(b, _)| mean < b) {
-            best = Some((mean, largest_block_mean(&residual, &kept, w, h)));
+            best = Some((mean, largest_block_mean(&residual, &counted, w, h)));
         }
     }
     best
@@ -259,14 +238,14 @@ fn bands(width: usize, height: usize) -> Vec<Band> {
     bands
 }
 
-/// Returns, for the pixels in `kept`, the absolute difference between the
+/// Returns, for the pixels in `counted`, the absolute difference between the
 /// second value and the first value mapped by rank onto the second's
 /// values. Other entries are zero.
-fn matched_residual(pairs: &[Option<(f32, f32)>], kept: &[usize]) -> Vec<f32> {
+fn matched_residual(pairs: &[Option<(f32, f32)>], counted: &[usize]) -> Vec<f32> {
     let value = |i: usize| pairs[i].unwrap_or_default();
-    let mut targets: Vec<f32> = kept.iter().map(|&i| value(i).1).collect();
+    let mut targets: Vec<f32> = counted.iter().map(|&i| value(i).1).collect();
     targets.sort_by(f32::total_cmp);
-    let mut by_first = kept.to_vec();
+    let mut by_first = counted.to_vec();
     by_first.sort_by(|&i, &j| value(i).0.total_cmp(&value(j).0));
     let mut residual = vec![0.0; pairs.len()];
     for (rank, &i) in by_first.iter().enumerate() {
@@ -276,11 +255,11 @@ fn matched_residual(pairs: &[Option<(f32, f32)>], kept: &[usize]) -> Vec<f32> {
 }
 
 /// Returns the largest mean residual over the blocks of a [`BLOCKS`] x
-/// [`BLOCKS`] grid, counting only blocks that are at least half kept and
+/// [`BLOCKS`] grid, counting only blocks that are at least half inside and
 /// leaving out the four corner blocks, where a tilted copy has its fill.
-fn largest_block_mean(residual: &[f32], kept: &[usize], width: usize, height: usize) -> f32 {
+fn largest_block_mean(residual: &[f32], counted: &[usize], width: usize, height: usize) -> f32 {
     let mut sums = [[(0.0f32, 0usize); BLOCKS]; BLOCKS];
-    for &i in kept {
+    for &i in counted {
         let (x, y) = (i % width, i / width);
         let cell = &mut sums[y * BLOCKS / height][x * BLOCKS / width];
         cell.0 += residual[i];

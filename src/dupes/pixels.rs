@@ -184,22 +184,35 @@ fn shifted_residual(a: &[f32], b: &[f32], w: usize, h: usize, dx: i32, dy: i32) 
         })
     };
     let count = ((w - 2 * BORDER) * (h - 2 * BORDER)) as f32;
-    let (sum_a, sum_b) = pairs().fold((0.0, 0.0), |(sa, sb), (va, vb)| (sa + va, sb + vb));
+    let (gain, mean_a, mean_b) = gain_fit(pairs());
+    let total: f32 = pairs()
+        .map(|(va, vb)| (vb - (gain * (va - mean_a) + mean_b)).abs())
+        .sum();
+    total / count
+}
+
+/// Returns the least-squares fit b = gain * (a - mean a) + mean b over
+/// the (a, b) pairs as (gain, mean a, mean b). The iterator is walked
+/// twice.
+pub(super) fn gain_fit(pairs: impl Iterator<Item = (f32, f32)> + Clone) -> (f32, f32, f32) {
+    let (count, sum_a, sum_b) = pairs
+        .clone()
+        .fold((0usize, 0.0, 0.0), |(n, sa, sb), (va, vb)| {
+            (n + 1, sa + va, sb + vb)
+        });
+    let count = count.max(1) as f32;
     let (mean_a, mean_b) = (sum_a / count, sum_b / count);
-    let (covariance, variance) = pairs().fold((0.0, 0.0), |(c, v), (va, vb)| {
+    let (covariance, variance) = pairs.fold((0.0, 0.0), |(c, v), (va, vb)| {
         let da = va - mean_a;
         (c + da * (vb - mean_b), v + da * da)
     });
-    // A flat picture has no contrast to fit; compare it as it is.
+    // A flat picture has no contrast to fit, so it is compared as it is.
     let gain = if variance > 1e-3 {
         covariance / variance
     } else {
         1.0
     };
-    let total: f32 = pairs()
-        .map(|(va, vb)| (vb - (gain * (va - mean_a) + mean_b)).abs())
-        .sum();
-    total / count
+    (gain, mean_a, mean_b)
 }
 
 #[cfg(test)]
