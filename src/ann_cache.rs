@@ -168,11 +168,13 @@ pub fn refresh(
 ) -> Result<Freshness, AnnCacheError> {
     if let Ok(record) = usable_record(store, params)? {
         let dir = folder_of(store.path());
+        // Queries do not hash the data file, so the index run is where a
+        // damaged file of the right size is found and replaced.
+        if let Err(error) = crate::ann::check_saved(&dir, &record.basename, &saved_files(&record)) {
+            return Ok(rebuild(store, dimension, params, error.to_string())?.freshness);
+        }
         let current = record.generation == store.data_generation()?;
-        if current
-            && crate::ann::frozen::links_path(&dir, &record.basename).is_file()
-            && crate::ann::check_saved(&dir, &record.basename, &saved_files(&record)).is_ok()
-        {
+        if current && crate::ann::frozen::links_path(&dir, &record.basename).is_file() {
             remove_leftovers(&dir, &file_name_of(store.path()), &record.basename);
             return Ok(Freshness::Current);
         }

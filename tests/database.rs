@@ -175,6 +175,36 @@ fn missing_or_damaged_hnsw_files_are_rebuilt() {
 }
 
 #[test]
+fn index_run_replaces_damaged_vectors_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let photos = some_photos(6);
+    let (run_index, _) = index(&database, &photos);
+    assert_eq!(run_index.status, 0, "{}", run_index.stderr);
+    let expected = query(&database, &photos[4], 6);
+    assert_eq!(expected[0].0, photos[4]);
+
+    // Every vector record damaged, the file size unchanged: queries skip
+    // the damaged records, and the next index run rebuilds the graph.
+    let saved = hnsw_files(&database);
+    let data = saved
+        .iter()
+        .find(|p| p.extension().unwrap() == "data")
+        .unwrap();
+    let mut bytes = std::fs::read(data).unwrap();
+    let length = bytes.len();
+    for byte in &mut bytes[20..length] {
+        *byte ^= 0x55;
+    }
+    std::fs::write(data, &bytes).unwrap();
+    let (run_index, summary) = index(&database, &photos);
+    assert_eq!(run_index.status, 0, "{}", run_index.stderr);
+    assert_eq!(summary["indexed"], 0);
+    assert_ne!(hnsw_files(&database), saved, "the graph is saved again");
+    assert_eq!(query(&database, &photos[4], 6), expected);
+}
+
+#[test]
 fn graph_recorded_before_deletions_is_searched_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("db.sqlite");
