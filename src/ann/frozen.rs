@@ -43,14 +43,15 @@ pub fn links_path(dir: &Path, basename: &str) -> PathBuf {
 }
 
 /// Writes the links file for `hnsw`, whose data file hnsw_rs has just
-/// written to `data_path`. Every vector in the data file is compared with
-/// the graph's own, so a change in hnsw_rs's file layout fails here, at
-/// save time, rather than giving wrong results later.
+/// written to `data_path`, and returns the data file's size and BLAKE3
+/// digest, taken in the same read. Every vector in the data file is
+/// compared with the graph's own, so a change in hnsw_rs's file layout
+/// fails here, at save time, rather than giving wrong results later.
 pub fn write_links(
     hnsw: &Hnsw<'static, f32, UnitCosine>,
     data_path: &Path,
     links: &Path,
-) -> Result<(), AnnError> {
+) -> Result<(u64, String), AnnError> {
     let layout_error = |message: String| AnnError::Save {
         dir: data_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
         message,
@@ -62,8 +63,9 @@ pub fn write_links(
         .map(|(position, point)| (point.get_origin_id(), position))
         .collect();
     let dimension = points.first().map_or(0, |p| p.get_v().len());
-    let records = read_data_records(data_path, dimension, &points, &position_of)
-        .map_err(|message| layout_error(format!("{}: {message}", data_path.display())))?;
+    let (records, data_size, data_digest) =
+        read_data_records(data_path, dimension, &points, &position_of)
+            .map_err(|message| layout_error(format!("{}: {message}", data_path.display())))?;
     if records.len() != points.len() {
         return Err(layout_error(format!(
             "the data file holds {} vectors, the graph {}",
@@ -71,6 +73,7 @@ pub fn write_links(
             points.len()
         )));
     }
+
     // Point numbers follow the order of the data file.
     let number_of: HashMap<usize, u32> = records
         .iter()
@@ -104,12 +107,6 @@ pub fn write_links(
         }
         first.push(bounds.len() as u32 - 1);
     }
-    let data_size = std::fs::metadata(data_path)
-        .map_err(|source| AnnError::Io {
-            path: data_path.to_path_buf(),
-            source,
-        })?
-        .len();
 
     let mut body = Vec::with_capacity(
         records.len() * 16 + (first.len() + bounds.len() + neighbours.len()) * 4 + 16,
@@ -126,6 +123,7 @@ pub fn write_links(
             body.extend_from_slice(&value.to_le_bytes());
         }
     }
+
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&VERSION.to_le_bytes());
@@ -134,6 +132,7 @@ pub fn write_links(
     header.extend_from_slice(&entry.to_le_bytes());
     header.extend_from_slice(&data_size.to_le_bytes());
     header.extend_from_slice(blake3::hash(&body).as_bytes());
+
     let io_error = |source| AnnError::Io {
         path: links.to_path_buf(),
         source,
@@ -144,7 +143,8 @@ pub fn write_links(
     let file = out
         .into_inner()
         .map_err(|error| io_error(error.into_error()))?;
-    file.sync_all().map_err(io_error)
+    file.sync_all().map_err(io_error)?;
+    Ok((data_size, data_digest))
 }
 
 struct DataRecord {
@@ -154,19 +154,23 @@ struct DataRecord {
 }
 
 /// Reads the record headers of hnsw_rs's data file, checking each vector
-/// against the graph's copy.
+/// against the graph's copy. Returns the records with the file's size and
+/// BLAKE3 digest.
 fn read_data_records(
     path: &Path,
     dimension: usize,
     points: &[Arc<Point<'static, f32>>],
     position_of: &HashMap<usize, usize>,
-) -> Result<Vec<DataRecord>, String> {
+) -> Result<(Vec<DataRecord>, u64, String), String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut hasher = blake3::Hasher::new();
     let mut file_header = [0u8; DATA_HEADER_LEN as usize];
     reader
         .read_exact(&mut file_header)
         .map_err(|e| e.to_string())?;
+    hasher.update(&file_header);
     let marker = &file_header[..4];
     let stored_dimension = u64::from_ne_bytes(file_header[4..12].try_into().expect("8 bytes"));
     if stored_dimension != dimension as u64 {
@@ -174,23 +178,23 @@ fn read_data_records(
             "dimension {stored_dimension}, expected {dimension}"
         ));
     }
+
     let vector_len = dimension * 4;
     let mut records = Vec::with_capacity(points.len());
     let mut offset = DATA_HEADER_LEN;
     let mut header = [0u8; RECORD_HEADER_LEN as usize];
     let mut vector = vec![0u8; vector_len];
-    loop {
-        match reader.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(error) => return Err(error.to_string()),
-        }
+    while offset < size {
+        reader.read_exact(&mut header).map_err(|e| e.to_string())?;
         let id = u64::from_ne_bytes(header[4..12].try_into().expect("8 bytes"));
         let length = u64::from_ne_bytes(header[12..20].try_into().expect("8 bytes"));
         if &header[..4] != marker || length != vector_len as u64 {
             return Err(format!("unexpected record header at byte {offset}"));
         }
         reader.read_exact(&mut vector).map_err(|e| e.to_string())?;
+        hasher.update(&header);
+        hasher.update(&vector);
+
         let Some(&position) = position_of.get(&(id as usize)) else {
             return Err(format!("image {id} is not in the graph"));
         };
@@ -204,7 +208,7 @@ fn read_data_records(
         });
         offset += RECORD_HEADER_LEN + vector_len as u64;
     }
-    Ok(records)
+    Ok((records, size, hasher.finalize().to_hex().to_string()))
 }
 
 /// The links file's content, checked.
@@ -366,22 +370,9 @@ impl FrozenGraph {
         }
     }
 
-    /// Returns up to `k` nearest ids with their similarity, most similar
-    /// first, leaving out ids for which `keep` returns false. Deleted
-    /// images are still walked through, so they do not cut paths through
-    /// the graph.
-    pub fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        ef_search: usize,
-        keep: &dyn Fn(i64) -> bool,
-    ) -> Vec<Neighbour> {
-        if self.is_empty() || k == 0 || query.len() != self.links.dimension {
-            return Vec::new();
-        }
-        let ef = ef_search.max(k);
-        // Greedy descent through the upper layers.
+    /// Walks greedily from the entry point down through the upper layers
+    /// and returns the point reached on layer 1 with its distance.
+    fn descend(&self, query: &[f32]) -> (u32, f32) {
         let mut current = self.links.entry;
         let mut current_distance = self.distance(query, current);
         for layer in (1..=self.level(self.links.entry)).rev() {
@@ -398,6 +389,26 @@ impl FrozenGraph {
                 }
             }
         }
+        (current, current_distance)
+    }
+
+    /// Returns up to `k` nearest ids with their similarity, most similar
+    /// first, leaving out ids for which `keep` returns false. Deleted
+    /// images are still walked through, so they do not cut paths through
+    /// the graph.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef_search: usize,
+        keep: &dyn Fn(i64) -> bool,
+    ) -> Vec<Neighbour> {
+        if self.is_empty() || k == 0 || query.len() != self.links.dimension {
+            return Vec::new();
+        }
+        let ef = ef_search.max(k);
+        let (current, current_distance) = self.descend(query);
+
         // Beam search on layer 0.
         let mut visited = vec![0u64; self.len().div_ceil(64)];
         let mut mark = |point: u32| {
@@ -469,6 +480,7 @@ impl Links {
         if !cursor.is_done() || dimension == 0 || count == 0 || entry as usize >= count {
             return None;
         }
+
         let vector_len = dimension as u64 * 4;
         let offsets_fit = offsets.iter().all(|&offset| {
             offset >= DATA_HEADER_LEN + RECORD_HEADER_LEN
@@ -481,12 +493,13 @@ impl Links {
             && first[0] == 0
             && first.windows(2).all(|w| w[0] < w[1])
             && first[count] as usize + 1 == bounds.len();
-        let bounds_fit = bounds[0] == 0
+        let bounds_fit = bounds.first() == Some(&0)
             && bounds.windows(2).all(|w| w[0] <= w[1])
             && bounds.last().copied() == Some(neighbours.len() as u32);
         if !(offsets_fit && first_fits && bounds_fit) {
             return None;
         }
+
         let level = |point: usize| (first[point + 1] - first[point] - 1) as usize;
         // hnsw_rs sometimes links to a point whose own level is lower than
         // the layer of the link (the first point inserted, for one), so a

@@ -205,12 +205,12 @@ impl AnnIndex {
                 dir: dir.to_path_buf(),
                 message: error.to_string(),
             })?;
-        frozen::write_links(
+        let (data_size, data_digest) = frozen::write_links(
             &self.hnsw,
             &staging.join(format!("{dumped}.hnsw.data")),
             &frozen::links_path(staging, &dumped),
         )?;
-        let mut sizes_and_digests = Vec::with_capacity(2);
+        let mut graph_size_and_digest = None;
         for suffix in ["hnsw.graph", "hnsw.data", "hnsw.links"] {
             let from = staging.join(format!("{dumped}.{suffix}"));
             let to = dir.join(format!("{basename}.{suffix}"));
@@ -221,15 +221,15 @@ impl AnnIndex {
             File::open(&from)
                 .and_then(|file| file.sync_all())
                 .map_err(io_error(&from))?;
-            // The links file checks itself: its hash is in its header.
-            if suffix != "hnsw.links" {
-                sizes_and_digests.push(file_digest(&from)?);
+            // The data file was hashed while the links were written, and
+            // the links file checks itself with the hash in its header.
+            if suffix == "hnsw.graph" {
+                graph_size_and_digest = Some(file_digest(&from)?);
             }
             std::fs::rename(&from, &to).map_err(io_error(&to))?;
         }
         sync_dir(dir);
-        let (data_size, data_digest) = sizes_and_digests.pop().expect("two files");
-        let (graph_size, graph_digest) = sizes_and_digests.pop().expect("two files");
+        let (graph_size, graph_digest) = graph_size_and_digest.expect("the graph file is saved");
         Ok(SavedFiles {
             graph_size,
             graph_digest,
