@@ -1,6 +1,9 @@
 //! Synthetic vectors shaped like the built-in model's embeddings, shared
 //! by the HNSW benchmarks, and an exact search to measure recall against.
 
+// Each bench binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
 use imgsim::ann::dot;
 
 /// Dimension of the built-in model's embeddings.
@@ -125,6 +128,47 @@ pub fn make_dataset(
     (vectors, queries)
 }
 
+/// The dataset of [`make_dataset`], made a part at a time so that a large
+/// one need not fit in memory next to the graph built from it.
+pub struct DatasetParts {
+    generator: SyntheticEmbeddings,
+    count: usize,
+    next_id: usize,
+}
+
+impl DatasetParts {
+    /// Returns the query vectors that [`make_dataset`] would return with the
+    /// same arguments, and a source of the same `count` vectors in order.
+    /// The queries come after the vectors in the generator's sequence, so
+    /// the vectors are made once here and thrown away.
+    pub fn new(count: usize, seed: u64, query_count: usize) -> (DatasetParts, Vec<Vec<f32>>) {
+        let mut skipped = SyntheticEmbeddings::new(count, seed);
+        for _ in 0..count {
+            skipped.sample();
+        }
+        let queries = (0..query_count).map(|_| skipped.sample()).collect();
+        let parts = DatasetParts {
+            generator: SyntheticEmbeddings::new(count, seed),
+            count,
+            next_id: 1,
+        };
+        (parts, queries)
+    }
+
+    /// Returns the next at most `size` vectors, or `None` after the last.
+    pub fn next_part(&mut self, size: usize) -> Option<Vec<(i64, Vec<f32>)>> {
+        let remaining = self.count + 1 - self.next_id;
+        if remaining == 0 {
+            return None;
+        }
+        let part: Vec<(i64, Vec<f32>)> = (0..size.min(remaining))
+            .map(|offset| ((self.next_id + offset) as i64, self.generator.sample()))
+            .collect();
+        self.next_id += part.len();
+        Some(part)
+    }
+}
+
 /// Prints the fraction of zero coordinates, the median pairwise cosine
 /// similarity and the median participation ratio of the first 200 vectors,
 /// to compare them with the model's real embeddings.
@@ -167,15 +211,24 @@ fn median(values: &mut [f32]) -> f32 {
 /// Returns the ids of the `k` vectors with the largest dot product with
 /// `query`, found by scanning all of them.
 pub fn exact_top_k(vectors: &[(i64, Vec<f32>)], query: &[f32], k: usize) -> Vec<i64> {
-    let mut scored: Vec<(f32, i64)> = vectors
-        .iter()
-        .map(|(id, vector)| (dot(query, vector), *id))
-        .collect();
+    let mut best = Vec::new();
+    merge_exact_top_k(&mut best, vectors, query, k);
+    best.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Merges the `k` best (similarity, id) pairs of `vectors` for `query`
+/// into `best`, which keeps the `k` best seen so far, most similar first.
+pub fn merge_exact_top_k(
+    best: &mut Vec<(f32, i64)>,
+    vectors: &[(i64, Vec<f32>)],
+    query: &[f32],
+    k: usize,
+) {
+    best.extend(vectors.iter().map(|(id, vector)| (dot(query, vector), *id)));
     let by_similarity = |a: &(f32, i64), b: &(f32, i64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    if scored.len() > k {
-        scored.select_nth_unstable_by(k, by_similarity);
-        scored.truncate(k);
+    if best.len() > k {
+        best.select_nth_unstable_by(k, by_similarity);
+        best.truncate(k);
     }
-    scored.sort_by(by_similarity);
-    scored.into_iter().map(|(_, id)| id).collect()
+    best.sort_by(by_similarity);
 }

@@ -57,10 +57,24 @@ impl Distance<f32> for UnitCosine {
     }
 }
 
-/// Dot product with eight independent partial sums, a shape the compiler
-/// turns into SIMD code.
+/// Returns the dot product of two vectors of equal length. On x86-64
+/// processors where AVX2 and FMA are detected at run time, it takes the
+/// fused multiply-add path, and the portable loop elsewhere.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vectors differ in length");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: both features were just detected on this processor.
+            return unsafe { dot_avx2_fma(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+/// Returns the dot product summed in eight independent partial sums, a
+/// shape the compiler turns into SIMD code for any target.
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut sums = [0.0f32; 8];
     let chunks_a = a.chunks_exact(8);
     let chunks_b = b.chunks_exact(8);
@@ -76,6 +90,43 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     sums.iter().sum::<f32>() + tail
+}
+
+/// Returns the dot product summed in four 8-lane registers, so that
+/// consecutive fused multiply-adds do not wait on each other. Graph
+/// building spends most of its time here. By estimate from the scale
+/// bench, it is about twice as fast as the portable loop built for the
+/// x86-64 baseline.
+///
+/// # Safety
+/// The processor must support AVX2 and FMA; `a` and `b` must be of equal
+/// length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    const STEP: usize = 32;
+    let n = a.len();
+    let whole = n - n % STEP;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut sums = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < whole {
+        for (lane, sum) in sums.iter_mut().enumerate() {
+            let x = _mm256_loadu_ps(pa.add(i + lane * 8));
+            let y = _mm256_loadu_ps(pb.add(i + lane * 8));
+            *sum = _mm256_fmadd_ps(x, y, *sum);
+        }
+        i += STEP;
+    }
+    let total = _mm256_add_ps(
+        _mm256_add_ps(sums[0], sums[1]),
+        _mm256_add_ps(sums[2], sums[3]),
+    );
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), total);
+    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// One search result.
@@ -119,16 +170,22 @@ impl AnnIndex {
     /// Builds a graph over `vectors` (id, unit vector), inserting in
     /// parallel.
     pub fn build(vectors: &[(i64, Vec<f32>)], params: &AnnParams) -> AnnIndex {
+        let mut index = AnnIndex::with_capacity(vectors.len(), params);
+        index.insert(vectors);
+        index
+    }
+
+    /// Creates an empty graph sized for about `capacity` points, to be
+    /// filled by [`AnnIndex::insert`] in as many steps as suits the caller.
+    pub fn with_capacity(capacity: usize, params: &AnnParams) -> AnnIndex {
         let hnsw = Hnsw::new(
             params.max_connections,
-            vectors.len().max(1),
+            capacity.max(1),
             MAX_LAYERS,
             params.ef_construction,
             UnitCosine,
         );
-        let mut index = AnnIndex { hnsw };
-        index.insert(vectors);
-        index
+        AnnIndex { hnsw }
     }
 
     /// Adds `vectors` (id, unit vector) to the graph, in parallel. Ids must
@@ -357,6 +414,29 @@ mod tests {
         let b: Vec<f32> = (0..1283).map(|i| (i as f32 * 0.11).cos()).collect();
         let naive: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
         assert!((f64::from(dot(&a, &b)) - naive).abs() < 1e-3);
+    }
+
+    #[test]
+    fn dot_paths_agree_on_lengths() {
+        // Lengths around the 32-value step of the fused path, and the
+        // model's 1280.
+        for len in [0, 1, 7, 31, 32, 33, 63, 64, 65, 1279, 1280, 1281] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let naive: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            assert!(
+                (f64::from(dot_portable(&a, &b)) - naive).abs() < 1e-3,
+                "portable, length {len}"
+            );
+            assert!(
+                (f64::from(dot(&a, &b)) - naive).abs() < 1e-3,
+                "dispatched, length {len}"
+            );
+        }
     }
 
     #[test]
