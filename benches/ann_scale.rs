@@ -5,8 +5,9 @@
 //! single-thread search time per query, for several `ef_search` values.
 //!
 //! Run with `cargo bench --bench ann_scale -- --vectors 1000000`. Other
-//! options: `--queries Q` (default 200) and `--dir DIR` for the saved files
-//! (default a new folder under `target/tmp`, removed at the end). A
+//! options: `--queries Q` (default 200), `--ef-construction N` (default
+//! the product's 200) and `--dir DIR` for the saved files (default a new
+//! folder under `target/tmp`, removed at the end). A
 //! million vectors need about 12 GB of memory and 6 GB of disk.
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ const EF_SEARCH: [usize; 5] = [16, 32, 64, 128, 256];
 
 struct Options {
     vectors: usize,
+    ef_construction: usize,
     queries: usize,
     dir: Option<PathBuf>,
 }
@@ -33,6 +35,7 @@ struct Options {
 fn parse_options() -> Options {
     let mut options = Options {
         vectors: 1_000_000,
+        ef_construction: AnnParams::default().ef_construction,
         queries: 200,
         dir: None,
     };
@@ -41,6 +44,9 @@ fn parse_options() -> Options {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
             "--vectors" => options.vectors = value().parse().expect("--vectors takes a number"),
+            "--ef-construction" => {
+                options.ef_construction = value().parse().expect("--ef-construction takes a number")
+            }
             "--queries" => options.queries = value().parse().expect("--queries takes a number"),
             "--dir" => options.dir = Some(PathBuf::from(value())),
             // cargo bench passes --bench to every benchmark binary.
@@ -61,7 +67,10 @@ fn median_and_p95(values: &mut [f64]) -> (f64, f64) {
 
 fn main() {
     let options = parse_options();
-    let params = AnnParams::default();
+    let params = AnnParams {
+        ef_construction: options.ef_construction,
+        ..AnnParams::default()
+    };
     let scratch = match &options.dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).expect("create --dir");

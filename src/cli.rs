@@ -12,7 +12,8 @@ use crate::model::input::{InputSettings, InputSize, PerChannel};
 use crate::pipeline::DEFAULT_BATCH_SIZE;
 use crate::preprocess::{ChannelOrder, Layout};
 
-/// Largest accepted --batch-size: about 2.5 GB of inference memory.
+/// Largest accepted --batch-size: about 2.5 GB of inference memory per
+/// worker thread.
 const MAX_BATCH_SIZE: i64 = 256;
 
 /// Find visually similar photos in local folders.
@@ -51,8 +52,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "POOL")]
     pub pool: Option<crate::model::Pool>,
 
-    /// Threads for inference and decoding; more than the number of cores
-    /// slows both down [default: number of CPU cores]
+    /// Threads for inference and decoding (index: worker threads, each with
+    /// its own model session); more than the number of cores slows both
+    /// down [default: number of CPU cores]
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
 
@@ -303,7 +305,8 @@ pub struct IndexArgs {
     pub paths: Vec<PathBuf>,
 
     /// Images per inference batch and per database transaction; each image
-    /// of a batch takes about 10 MB of memory during inference
+    /// of a batch takes about 10 MB of memory in each of the --threads
+    /// workers during inference
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE).map(|n| n as usize))]
     pub batch_size: usize,

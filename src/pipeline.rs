@@ -1,18 +1,20 @@
 //! The index run: scan, plan (see [`crate::plan`]), apply the changes that
-//! need no decoding, then decode and preprocess in parallel, embed in
-//! batches, and commit each batch to SQLite.
+//! need no decoding, then decode, preprocess and embed in batches, and
+//! commit each batch to SQLite.
 //!
-//! Decoding runs on the rayon thread pool, one batch ahead of inference,
-//! through a channel of two batches, so memory stays proportional to the
-//! batch size, not to the collection. Each batch is committed in its own
-//! transaction: a crash or Ctrl-C loses at most the batch in flight.
+//! One worker thread per core decodes and embeds whole batches with its own
+//! one-thread model session. Each worker may have two finished batches
+//! waiting, so memory stays proportional to the batch size times the
+//! workers, not to the collection. This thread commits the batches in file
+//! order, each in its own transaction: a crash or Ctrl-C loses at most the
+//! batches in flight.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::decode::{decode_file, DecodeOptions};
@@ -22,16 +24,20 @@ use crate::preprocess::Preprocessing;
 use crate::scan::{scan_roots_until, ScanOptions};
 use crate::store::{NewImage, Store, StoreError};
 
-/// Default number of images per inference batch and per transaction.
-pub const DEFAULT_BATCH_SIZE: usize = 16;
+/// Default number of images per inference batch and per transaction. On 2
+/// cores, batches of 4 ran faster than batches of 8 or 16 and took less
+/// than half the memory of 16 (BENCHMARKS.md).
+pub const DEFAULT_BATCH_SIZE: usize = 4;
 
-/// Batches decoded ahead of inference.
+/// Embedded batches that each worker may have waiting for their commit.
 const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Settings of one index run.
 #[derive(Debug, Clone)]
 pub struct IndexSettings {
     pub batch_size: usize,
+    /// Threads that each decode and embed whole batches.
+    pub workers: usize,
     pub decode: DecodeOptions,
     pub scan: ScanOptions,
     /// Plan only: report what would change, write nothing.
@@ -101,13 +107,6 @@ pub enum PipelineError {
     Model(#[from] ModelError),
 }
 
-/// One batch of decode results, with the paths whose old rows must go if
-/// they failed: their stored vectors no longer match their content.
-struct Batch {
-    results: Vec<Result<Prepared, Failure>>,
-    replaced_paths: std::collections::HashSet<PathBuf>,
-}
-
 /// A file decoded and preprocessed, ready for inference.
 struct Prepared {
     item: ToEmbed,
@@ -128,7 +127,7 @@ struct Prepared {
 /// stay committed.
 pub fn index_roots(
     store: &mut Store,
-    embedder: &mut Embedder,
+    embedder: &Embedder,
     roots: &[PathBuf],
     settings: &IndexSettings,
     observer: &dyn IndexObserver,
@@ -220,11 +219,15 @@ fn record_failure(
     report.failures.push(failure);
 }
 
-/// Decodes one batch ahead on the rayon pool while the current batch runs
-/// through the model and is committed.
+/// Runs `settings.workers` worker threads, each with its own one-thread
+/// session of the model: worker `w` decodes and embeds batches `w`,
+/// `w + workers`, and so on, while this thread commits the finished batches
+/// in file order. So a worker does not wait on another core in the middle
+/// of an operator, as ONNX Runtime's intra-op threads do when decoding
+/// takes a core from them.
 fn embed_all(
     store: &mut Store,
-    embedder: &mut Embedder,
+    template: &Embedder,
     to_embed: Vec<ToEmbed>,
     settings: &IndexSettings,
     observer: &dyn IndexObserver,
@@ -232,39 +235,38 @@ fn embed_all(
     report: &mut IndexReport,
 ) -> Result<(), PipelineError> {
     let batch_size = settings.batch_size.max(1);
-    let preprocessing = embedder.preprocessing().clone();
+    let batches: Vec<&[ToEmbed]> = to_embed.chunks(batch_size).collect();
+    let workers = settings.workers.clamp(1, batches.len().max(1));
+    let preprocessing = template.preprocessing().clone();
     let decode_options = DecodeOptions::for_side(
         settings.decode.max_pixels,
         preprocessing.width.min(preprocessing.height),
     );
     let decoded = AtomicUsize::new(0);
     let result = std::thread::scope(|scope| {
-        let (sender, receiver) = sync_channel::<Batch>(BATCHES_IN_FLIGHT);
-        let decoded = &decoded;
-        let preprocessing = &preprocessing;
-        let decode_options = &decode_options;
-        scope.spawn(move || {
-            for chunk in to_embed.chunks(batch_size) {
-                if cancel.load(Ordering::SeqCst) {
-                    break;
-                }
-                decoded.fetch_add(chunk.len(), Ordering::Relaxed);
-                let batch = Batch {
-                    results: prepare_batch(chunk, decode_options, preprocessing, observer),
-                    replaced_paths: chunk
-                        .iter()
-                        .filter(|item| item.replaces)
-                        .map(|item| item.candidate.path.clone())
-                        .collect(),
-                };
-                if sender.send(batch).is_err() {
-                    break;
-                }
-            }
-        });
-        for batch in receiver {
-            let finished = batch.results.len();
-            commit_batch(store, embedder, batch, report, observer)?;
+        let mut receivers = Vec::with_capacity(workers);
+        for worker in 0..workers {
+            let (sender, receiver) =
+                sync_channel::<Result<Embedded, ModelError>>(BATCHES_IN_FLIGHT);
+            receivers.push(receiver);
+            let context = WorkerContext {
+                batches: &batches,
+                decode: &decode_options,
+                observer,
+                cancel,
+                decoded: &decoded,
+            };
+            scope.spawn(move || run_worker(&context, template, worker, workers, &sender));
+        }
+        for index in 0..batches.len() {
+            // A closed channel means that its worker stopped early, on
+            // Ctrl-C or after sending an error.
+            let Ok(embedded) = receivers[index % workers].recv() else {
+                break;
+            };
+            let embedded = embedded?;
+            let finished = embedded.files;
+            commit_batch(store, embedded, report, observer)?;
             observer.advance(finished);
             if cancel.load(Ordering::SeqCst) {
                 report.interrupted = true;
@@ -277,6 +279,49 @@ fn embed_all(
     result
 }
 
+/// State shared by the worker threads.
+struct WorkerContext<'a> {
+    batches: &'a [&'a [ToEmbed]],
+    decode: &'a DecodeOptions,
+    observer: &'a dyn IndexObserver,
+    cancel: &'a AtomicBool,
+    decoded: &'a AtomicUsize,
+}
+
+/// Decodes and embeds every `workers`-th batch, starting at `worker`, and
+/// sends each result on `sender`. Stops at Ctrl-C, when the receiver is
+/// gone, or after sending a model error.
+fn run_worker(
+    context: &WorkerContext,
+    template: &Embedder,
+    worker: usize,
+    workers: usize,
+    sender: &SyncSender<Result<Embedded, ModelError>>,
+) {
+    let mut embedder = match template.replica(1) {
+        Ok(embedder) => embedder,
+        Err(error) => {
+            let _ = sender.send(Err(error));
+            return;
+        }
+    };
+    let preprocessing = embedder.preprocessing().clone();
+    for batch in context.batches.iter().skip(worker).step_by(workers) {
+        if context.cancel.load(Ordering::SeqCst) {
+            break;
+        }
+        context.decoded.fetch_add(batch.len(), Ordering::Relaxed);
+        let results = batch
+            .iter()
+            .map(|item| prepare_one(item, context.decode, &preprocessing, context.observer))
+            .collect();
+        let embedded = embed_batch(&mut embedder, batch, results);
+        let failed = embedded.is_err();
+        if sender.send(embedded).is_err() || failed {
+            break;
+        }
+    }
+}
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         text.to_string()
@@ -291,18 +336,6 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// contain line breaks, which would split a `path: reason` line.
 fn one_line(reason: &str) -> String {
     reason.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn prepare_batch(
-    chunk: &[ToEmbed],
-    options: &DecodeOptions,
-    preprocessing: &Preprocessing,
-    observer: &dyn IndexObserver,
-) -> Vec<Result<Prepared, Failure>> {
-    chunk
-        .par_iter()
-        .map(|item| prepare_one(item, options, preprocessing, observer))
-        .collect()
 }
 
 fn prepare_one(
@@ -343,37 +376,45 @@ fn prepare_one(
     })
 }
 
-/// Embeds the prepared files of one batch and commits them in one
-/// transaction. Failed files are reported and left out; each vector stays
-/// paired with the file it came from because rows and files are collected
-/// together.
-fn commit_batch(
-    store: &mut Store,
+/// One batch after inference: the files to insert, with their vectors, and
+/// the files that failed.
+struct Embedded {
+    /// Number of files in the batch, failed ones included.
+    files: usize,
+    images: Vec<NewImage>,
+    /// Files indexed before with other content.
+    changed: usize,
+    failures: Vec<Failure>,
+    /// Paths whose old rows must go because their new content failed: the
+    /// stored vectors no longer match the files.
+    stale: Vec<PathBuf>,
+}
+
+/// Embeds the prepared files of one batch. Each vector stays paired with
+/// the file it came from because rows and files are collected together.
+fn embed_batch(
     embedder: &mut Embedder,
-    batch: Batch,
-    report: &mut IndexReport,
-    observer: &dyn IndexObserver,
-) -> Result<(), PipelineError> {
-    let mut prepared = Vec::with_capacity(batch.results.len());
+    batch: &[ToEmbed],
+    results: Vec<Result<Prepared, Failure>>,
+) -> Result<Embedded, ModelError> {
+    let replaced: HashSet<&PathBuf> = batch
+        .iter()
+        .filter(|item| item.replaces)
+        .map(|item| &item.candidate.path)
+        .collect();
+    let mut prepared = Vec::with_capacity(results.len());
+    let mut failures = Vec::new();
     let mut stale = Vec::new();
-    for item in batch.results {
+    for item in results {
         match item {
             Ok(item) => prepared.push(item),
             Err(failure) => {
-                if batch.replaced_paths.contains(&failure.path) {
+                if replaced.contains(&failure.path) {
                     stale.push(failure.path.clone());
                 }
-                observer.failed(&failure);
-                report.failures.push(failure);
+                failures.push(failure);
             }
         }
-    }
-    if !stale.is_empty() {
-        store.delete_paths(&stale)?;
-        report.stale_removed += stale.len();
-    }
-    if prepared.is_empty() {
-        return Ok(());
     }
     let mut tensors = Vec::with_capacity(prepared.len() * embedder.preprocessing().tensor_len());
     for item in &prepared {
@@ -381,7 +422,7 @@ fn commit_batch(
     }
     let vectors = embedder.embed(&tensors, prepared.len())?;
     let changed = prepared.iter().filter(|p| p.item.replaces).count();
-    let images: Vec<NewImage> = prepared
+    let images = prepared
         .into_iter()
         .zip(vectors)
         .map(|(prepared, vector)| NewImage {
@@ -395,8 +436,36 @@ fn commit_batch(
             vector,
         })
         .collect();
-    store.insert_images(&images)?;
-    report.indexed += images.len();
-    report.indexed_changed += changed;
+    Ok(Embedded {
+        files: batch.len(),
+        images,
+        changed,
+        failures,
+        stale,
+    })
+}
+
+/// Commits one embedded batch in one transaction and reports its failed
+/// files.
+fn commit_batch(
+    store: &mut Store,
+    batch: Embedded,
+    report: &mut IndexReport,
+    observer: &dyn IndexObserver,
+) -> Result<(), PipelineError> {
+    for failure in batch.failures {
+        observer.failed(&failure);
+        report.failures.push(failure);
+    }
+    if !batch.stale.is_empty() {
+        store.delete_paths(&batch.stale)?;
+        report.stale_removed += batch.stale.len();
+    }
+    if batch.images.is_empty() {
+        return Ok(());
+    }
+    store.insert_images(&batch.images)?;
+    report.indexed += batch.images.len();
+    report.indexed_changed += batch.changed;
     Ok(())
 }

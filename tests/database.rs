@@ -310,7 +310,7 @@ fn help_of(command: &str) -> String {
 fn help_states_defaults() {
     let index_help = help_of("index");
     for expected in [
-        "about 10 MB of memory during inference [default: 16]",
+        "workers during inference [default: 4]",
         "[default: 24]",
         "(ef_construction) [default: 200]",
         "[default: 100000000]",
@@ -507,4 +507,51 @@ fn imgsim_library() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share"));
     data.join("imgsim/libonnxruntime.so.1.31.1")
+}
+
+/// Rows of `images` as (path, vector bytes), in id order.
+fn rows_by_id(database: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let connection = rusqlite::Connection::open(database).unwrap();
+    let mut statement = connection
+        .prepare("SELECT path, vector FROM images ORDER BY id")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn workers_commit_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = copy_photos(&some_photos(12), dir.path());
+    let one_worker = dir.path().join("one.sqlite");
+    let two_workers = dir.path().join("two.sqlite");
+
+    for (database, threads) in [(&one_worker, "1"), (&two_workers, "2")] {
+        let folder = folder.to_str().unwrap();
+        let outcome = run(
+            database,
+            ["--threads", threads, "index", "--batch-size", "1", folder],
+        );
+        assert_eq!(outcome.status, 0, "{}", outcome.stderr);
+    }
+
+    // Two workers embed alternate batches, yet ids follow the files in the
+    // order of a single worker, and each vector stays with its file.
+    let expected = rows_by_id(&one_worker);
+    let found = rows_by_id(&two_workers);
+    assert_eq!(expected.len(), 12);
+    let expected_paths: Vec<&Vec<u8>> = expected.iter().map(|(path, _)| path).collect();
+    let found_paths: Vec<&Vec<u8>> = found.iter().map(|(path, _)| path).collect();
+    assert_eq!(found_paths, expected_paths);
+    for ((path, expected_vector), (_, found_vector)) in expected.iter().zip(&found) {
+        assert_eq!(
+            found_vector,
+            expected_vector,
+            "vector of {}",
+            String::from_utf8_lossy(path)
+        );
+    }
 }

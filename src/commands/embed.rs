@@ -17,7 +17,7 @@ use crate::scan::{scan_roots, ScanOptions};
 pub fn run(global: &GlobalArgs, args: &EmbedArgs) -> anyhow::Result<Status> {
     super::check_output_path(&args.output)?;
     super::configure_threads(global);
-    let mut embedder = super::load_embedder(global)?;
+    let mut embedder = super::load_embedder(global, global.thread_count())?;
     let dimension = embedder.identity().dimension;
     let format = args
         .format

@@ -38,7 +38,9 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
         }
     };
     super::configure_threads(global);
-    let mut embedder = super::load_embedder(global)?;
+    // The workers of the run load their own sessions from this one, which
+    // only checks the model and the database.
+    let embedder = super::load_embedder(global, 1)?;
     let mut store = if !args.dry_run {
         let mut store = Store::open(&database, OpenMode::CreateIfMissing)?;
         store.bind_model(embedder.identity())?;
@@ -54,6 +56,7 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     let cancel = install_interrupt_handler()?;
     let settings = IndexSettings {
         batch_size: args.batch_size,
+        workers: global.thread_count(),
         decode: DecodeOptions {
             max_pixels: args.max_pixels,
             reduce_to: None,
@@ -74,7 +77,7 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     };
     let report = index_roots(
         &mut store,
-        &mut embedder,
+        &embedder,
         &args.paths,
         &settings,
         &observer,

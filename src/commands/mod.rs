@@ -34,7 +34,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     }
 }
 
-fn load_embedder(global: &GlobalArgs) -> anyhow::Result<Embedder> {
+/// Loads the model that `global` names, with `threads` intra-op threads.
+fn load_embedder(global: &GlobalArgs, threads: usize) -> anyhow::Result<Embedder> {
     let model = global.model_path();
     let source = match &model {
         Some(path) => ModelSource::File(path.clone()),
@@ -49,7 +50,7 @@ fn load_embedder(global: &GlobalArgs) -> anyhow::Result<Embedder> {
         global.input.preprocess.as_deref(),
         &global.input.settings(),
     )?;
-    let embedder = Embedder::load_with(&source, &tap, &input, global.thread_count())?;
+    let embedder = Embedder::load_with(&source, &tap, &input, threads)?;
     tracing::info!(
         "model {}, preprocessing: {}",
         embedder.identity().name,

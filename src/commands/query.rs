@@ -59,7 +59,7 @@ pub fn run(global: &GlobalArgs, args: &QueryArgs) -> anyhow::Result<Status> {
         }
         result => result?,
     };
-    let mut embedder = super::load_embedder(global)?;
+    let mut embedder = super::load_embedder(global, global.thread_count())?;
     store.check_model(embedder.identity())?;
 
     let input = embedder.preprocessing();

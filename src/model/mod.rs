@@ -6,6 +6,7 @@ pub mod input;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ndarray::ArrayView4;
 use ort::session::builder::GraphOptimizationLevel;
@@ -132,6 +133,9 @@ struct Tap {
 /// A loaded model that embeds batches of preprocessed images.
 pub struct Embedder {
     session: Session,
+    /// The model as loaded into the session, with the tapped tensor added
+    /// as an output, kept to load further sessions of it.
+    runnable: Arc<Vec<u8>>,
     identity: ModelIdentity,
     input_name: String,
     preprocessing: Preprocessing,
@@ -210,6 +214,7 @@ impl Embedder {
             })?;
         let mut embedder = Embedder {
             session,
+            runnable: Arc::new(runnable),
             identity: ModelIdentity {
                 name: name.clone(),
                 sha256: hex_sha256(&bytes),
@@ -249,6 +254,26 @@ impl Embedder {
             embedder.identity.name = format!("{name}#{chosen}{pooling}");
         }
         Ok(embedder)
+    }
+
+    /// Loads another session of the same model, with the same tapped
+    /// tensor and preprocessing, and `threads` intra-op threads. Index runs
+    /// give each worker thread its own one-thread session, so that decoding
+    /// on one core does not stall inference on another.
+    pub fn replica(&self, threads: usize) -> Result<Embedder, ModelError> {
+        let session =
+            build_session(&self.runnable, threads).map_err(|message| ModelError::Load {
+                name: self.identity.name.clone(),
+                message,
+            })?;
+        Ok(Embedder {
+            session,
+            runnable: Arc::clone(&self.runnable),
+            identity: self.identity.clone(),
+            input_name: self.input_name.clone(),
+            preprocessing: self.preprocessing.clone(),
+            tap: self.tap.clone(),
+        })
     }
 
     pub fn identity(&self) -> &ModelIdentity {
