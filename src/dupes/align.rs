@@ -5,7 +5,9 @@
 //! that best maps the first picture onto the second. It tries a coarse grid
 //! of scales and angles at 32 pixels, climbing over shifts from each, and
 //! refines the best at 64 pixels. The final score matches grey levels by
-//! rank and may leave out one band along an edge. It reports the mean
+//! rank, in whichever direction fits better, leaves out light pixels that
+//! a brightened copy may have clipped, and may leave out one band along an
+//! edge. It reports the mean
 //! residual and the worst block of a grid, because burst frames differ in
 //! one place (where something moved) while copies differ a little
 //! everywhere. At least [`MIN_OVERLAP`] of the first picture must land
@@ -181,20 +183,44 @@ fn final_score(first: &Plane, second: &Plane, transform: &Transform) -> Option<(
     if (inside as f32) < MIN_OVERLAP * first.values.len() as f32 {
         return None;
     }
+    // Mapping a clipped picture onto one with detail where it is clipped
+    // leaves ties in arbitrary order, so both directions are tried.
+    let swapped: Vec<Option<(f32, f32)>> = pairs.iter().map(|p| p.map(|(a, b)| (b, a))).collect();
     let (w, h) = (first.width, first.height);
     let mut best: Option<(f32, f32)> = None;
     for band in bands(w, h) {
         let counted: Vec<usize> = (0..pairs.len())
             .filter(|&i| pairs[i].is_some() && !band.contains(i % w, i / w))
             .collect();
-        let residual = matched_residual(&pairs, &counted);
-        let mean = counted.iter().map(|&i| residual[i]).sum::<f32>() / counted.len().max(1) as f32;
-        if best.is_none_or(|(b, _)| mean < b) {
-            best = Some((mean, largest_block_mean(&residual, &counted, w, h)));
+        let unclipped: Vec<usize> = counted
+            .iter()
+            .copied()
+            .filter(|&i| pairs[i].is_some_and(|(a, b)| a.max(b) < NEAR_CLIPPING))
+            .collect();
+        let counted = if unclipped.len() * 2 >= counted.len() {
+            unclipped
+        } else {
+            counted
+        };
+        for direction in [&pairs, &swapped] {
+            let residual = matched_residual(direction, &counted);
+            let mean =
+                counted.iter().map(|&i| residual[i]).sum::<f32>() / counted.len().max(1) as f32;
+            if best.is_none_or(|(b, _)| mean < b) {
+                best = Some((mean, largest_block_mean(&residual, &counted, w, h)));
+            }
         }
     }
     best
 }
+
+/// Grey level from which pixels are left out of the final score, unless
+/// that leaves out more than half of them. Brightening clips each colour
+/// channel separately, so there a copy's grey level no longer follows the
+/// photo's by rank. On the calibration set, 200 found more brightened
+/// copies with no burst frames merged. At 175 and below, burst frames of
+/// one scene were merged.
+const NEAR_CLIPPING: f32 = 200.0;
 
 /// Number of blocks per side of the grid in [`final_score`].
 pub const BLOCKS: usize = 6;
@@ -454,6 +480,25 @@ mod tests {
         assert!(found.residual < 2.0, "{found:?}");
         assert!((found.angle - 4.0).abs() <= 0.5, "{found:?}");
         assert!((found.scale - 1.0).abs() < 0.02, "{found:?}");
+    }
+
+    #[test]
+    fn clipped_bright_copy_is_aligned() {
+        // Brightening each channel by 35% clips the light parts, where the
+        // copy's grey level is no longer a function of the photo's. Left
+        // out, they no longer raise the score above a re-encoded copy's.
+        let photo = scene(640, 480, 2);
+        let bright = RgbImage::from_fn(640, 480, |x, y| {
+            let Rgb(channels) = *photo.get_pixel(x, y);
+            Rgb(channels.map(|c| (f32::from(c) * 1.35).min(255.0) as u8))
+        });
+        for (first, second) in [(&bright, &photo), (&photo, &bright)] {
+            let found = align(&Signature::of(first), &Signature::of(second)).unwrap();
+            assert!(found.residual < 0.3, "{found:?}");
+            assert!(found.block_residual < 1.0, "{found:?}");
+            assert_eq!(found.scale, 1.0, "{found:?}");
+            assert_eq!(found.angle, 0.0, "{found:?}");
+        }
     }
 
     #[test]
