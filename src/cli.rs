@@ -52,9 +52,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "POOL")]
     pub pool: Option<crate::model::Pool>,
 
-    /// Threads for inference and decoding (index: worker threads, each with
-    /// its own model session); more than the number of cores slows both
-    /// down [default: number of CPU cores]
+    /// Threads for inference and decoding. Index runs one worker thread
+    /// each, with its own model session. More than the number of cores
+    /// slows both down [default: number of CPU cores]
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
 
@@ -336,9 +336,10 @@ pub struct IndexArgs {
     pub failures: Option<PathBuf>,
 
     /// Wait for another index run on the same database to finish instead
-    /// of exiting with status 4
-    #[arg(long)]
-    pub wait: bool,
+    /// of exiting with status 4; with =SECONDS, wait at most that long,
+    /// then exit with status 4
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true)]
+    pub wait: Option<Option<u64>>,
 
     /// Print the summary as one JSON object on stdout
     #[arg(long)]

@@ -555,3 +555,28 @@ fn workers_commit_in_file_order() {
         );
     }
 }
+
+#[test]
+fn limited_wait_gives_up_with_busy_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = copy_photos(&some_photos(1), dir.path());
+    let database = dir.path().join("db.sqlite");
+    // This process takes the lock, as a running index would.
+    let lock = std::fs::File::create(dir.path().join("db.sqlite.lock")).unwrap();
+    lock.lock().unwrap();
+
+    let started = std::time::Instant::now();
+    let waited = run(&database, ["index".as_ref(), "--wait=1".as_ref(), folder.as_os_str()]);
+    assert_eq!(waited.status, 4, "{}", waited.stderr);
+    assert!(
+        waited.stderr.contains("timed out after 1 s"),
+        "{}",
+        waited.stderr
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+
+    drop(lock);
+    let (after, summary) = index(&database, &[&folder]);
+    assert_eq!(after.status, 0, "{}", after.stderr);
+    assert_eq!(summary["indexed"], 1);
+}

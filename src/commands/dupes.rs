@@ -59,7 +59,7 @@ pub fn run(global: &GlobalArgs, args: &DupesArgs) -> anyhow::Result<Status> {
     // Moving files changes the database, so it needs the writer lock that
     // index runs take.
     let _lock = match (&args.move_to, args.apply) {
-        (Some(_), true) => match lock_database(&database, false) {
+        (Some(_), true) => match lock_database(&database, crate::store::Wait::No) {
             Ok(lock) => Some(lock),
             Err(error @ LockError::Busy { .. }) => {
                 eprintln!("error: {error}");

@@ -19,7 +19,7 @@ use crate::exit::Status;
 use crate::paths::{display_path, JsonPath};
 use crate::pipeline::{index_roots, Failure, IndexObserver, IndexReport, IndexSettings, Stage};
 use crate::scan::ScanOptions;
-use crate::store::{lock_database, LockError, OpenMode, Store};
+use crate::store::{lock_database, LockError, OpenMode, Store, Wait};
 
 pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     let database = global.database_path()?;
@@ -28,9 +28,14 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     let _lock = if args.dry_run {
         None
     } else {
-        match lock_database(&database, args.wait) {
+        let wait = match args.wait {
+            None => Wait::No,
+            Some(None) => Wait::Forever,
+            Some(Some(seconds)) => Wait::AtMost(std::time::Duration::from_secs(seconds)),
+        };
+        match lock_database(&database, wait) {
             Ok(lock) => Some(lock),
-            Err(error @ LockError::Busy { .. }) => {
+            Err(error @ (LockError::Busy { .. } | LockError::TimedOut { .. })) => {
                 eprintln!("error: {error}");
                 return Ok(Status::Busy);
             }

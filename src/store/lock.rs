@@ -8,6 +8,21 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long to wait for a lock held by another run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Fail at once.
+    No,
+    /// Wait until the other run ends.
+    Forever,
+    /// Wait at most this long, then fail.
+    AtMost(Duration),
+}
+
+/// Interval between attempts while waiting with a time limit.
+const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -16,6 +31,15 @@ pub enum LockError {
          wait for it to finish, or pass --wait to wait for it"
     )]
     Busy { database: PathBuf, lock: PathBuf },
+    #[error(
+        "{database}: timed out after {seconds} s waiting for another `imgsim index` on this \
+         database to finish (lock {lock}); try again later, or pass a longer --wait=SECONDS"
+    )]
+    TimedOut {
+        database: PathBuf,
+        lock: PathBuf,
+        seconds: u64,
+    },
     #[error("{path}: cannot lock: {source}")]
     Io {
         path: PathBuf,
@@ -37,9 +61,10 @@ pub fn lock_path(database: &Path) -> PathBuf {
     database.with_file_name(name)
 }
 
-/// Takes the exclusive lock of `database`, waiting for it when `wait` is
-/// set and failing with [`LockError::Busy`] at once otherwise.
-pub fn lock_database(database: &Path, wait: bool) -> Result<IndexLock, LockError> {
+/// Takes the exclusive lock of `database`. When another run has it,
+/// fails with [`LockError::Busy`] at once, waits for it, or fails with
+/// [`LockError::TimedOut`] after the time limit, as `wait` says.
+pub fn lock_database(database: &Path, wait: Wait) -> Result<IndexLock, LockError> {
     let path = lock_path(database);
     let io_error = |source| LockError::Io {
         path: path.clone(),
@@ -54,17 +79,35 @@ pub fn lock_database(database: &Path, wait: bool) -> Result<IndexLock, LockError
         .write(true)
         .open(&path)
         .map_err(io_error)?;
-    if wait {
-        file.lock().map_err(io_error)?;
-        return Ok(IndexLock { _file: file });
-    }
-    match file.try_lock() {
-        Ok(()) => Ok(IndexLock { _file: file }),
-        Err(TryLockError::WouldBlock) => Err(LockError::Busy {
-            database: database.to_path_buf(),
-            lock: path,
-        }),
-        Err(TryLockError::Error(source)) => Err(io_error(source)),
+    let deadline = match wait {
+        Wait::No => None,
+        Wait::Forever => {
+            file.lock().map_err(io_error)?;
+            return Ok(IndexLock { _file: file });
+        }
+        Wait::AtMost(limit) => Some((Instant::now() + limit, limit)),
+    };
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(IndexLock { _file: file }),
+            Err(TryLockError::Error(source)) => return Err(io_error(source)),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        let Some((deadline, limit)) = deadline else {
+            return Err(LockError::Busy {
+                database: database.to_path_buf(),
+                lock: path,
+            });
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(LockError::TimedOut {
+                database: database.to_path_buf(),
+                lock: path,
+                seconds: limit.as_secs(),
+            });
+        }
+        std::thread::sleep(RETRY_INTERVAL.min(deadline - now));
     }
 }
 
@@ -76,11 +119,32 @@ mod tests {
     fn second_lock_is_busy_until_first_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let database = dir.path().join("db.sqlite");
-        let first = lock_database(&database, false).unwrap();
-        let error = lock_database(&database, false).unwrap_err();
+        let first = lock_database(&database, Wait::No).unwrap();
+        let error = lock_database(&database, Wait::No).unwrap_err();
         assert!(matches!(error, LockError::Busy { .. }), "{error}");
         drop(first);
-        assert!(lock_database(&database, false).is_ok());
+        assert!(lock_database(&database, Wait::No).is_ok());
         assert_eq!(lock_path(&database), dir.path().join("db.sqlite.lock"));
+    }
+
+    #[test]
+    fn limited_wait_times_out_then_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("db.sqlite");
+        let first = lock_database(&database, Wait::No).unwrap();
+
+        let started = Instant::now();
+        let error = lock_database(&database, Wait::AtMost(Duration::from_millis(300))).unwrap_err();
+        assert!(matches!(error, LockError::TimedOut { .. }), "{error}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        // A lock released while the second run waits is taken by it.
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(first);
+        });
+        let second = lock_database(&database, Wait::AtMost(Duration::from_secs(30)));
+        releaser.join().unwrap();
+        assert!(second.is_ok());
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use lock::{lock_database, lock_path, IndexLock, LockError};
+pub use lock::{lock_database, lock_path, IndexLock, LockError, Wait};
 pub use migrations::{apply_migrations, MIGRATIONS};
 pub use vector::{vector_from_bytes, vector_to_bytes};
 
