@@ -12,7 +12,7 @@ Two input sets are timed, each on the same files for every measurement:
 For each set the script times, in every run:
 
 1. `imgsim index` as a whole process (model loading included) into a new
-   database;
+   database, with the process's peak resident memory;
 2. the Python pipeline that a user would otherwise write: Pillow decode,
    EXIF orientation, RGB, 224x224 bilinear resize, (p - 127.5) / 127.5, NCHW
    float32, batches of 16 through an onnxruntime InferenceSession with the
@@ -131,6 +131,12 @@ def parse_args():
         type=int,
         metavar="N",
         help="number of 12-megapixel JPEGs to make, 0 to skip that set (default: one per photo)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="imgsim index --batch-size (default: imgsim's own default)",
     )
     parser.add_argument(
         "--json",
@@ -309,32 +315,43 @@ def describe_files(name, files):
 
 
 def time_imgsim(args, folder, expected, database):
-    """Run `imgsim index` into a new database and return the wall time in seconds.
+    """Run `imgsim index` into a new database.
 
-    --json is added to check that every file was indexed, so that images/s is
-    computed from the real count.
+    Return the wall time in seconds and the peak resident memory of the
+    process in MiB, read through wait4. --json is added to check that every
+    file was indexed, so that images/s is computed from the real count.
     """
     command = [args.imgsim, "--db", database, "--threads", str(args.threads)]
     if args.model is not None:
         command += ["--model", args.model]
-    command += ["index", "-q", "--json", folder]
+    command += ["index", "-q", "--json"]
+    if args.batch_size is not None:
+        command += ["--batch-size", str(args.batch_size)]
+    command.append(folder)
 
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        output, errors = stdout.read(), stderr.read()
+    peak_mib = usage.ru_maxrss / 1024
 
-    if result.returncode != 0:
+    if child.returncode != 0:
         command_text = " ".join(map(str, command))
         sys.exit(
-            f"error: `{command_text}` exited with status {result.returncode}: {result.stderr.strip()}"
+            f"error: `{command_text}` exited with status {child.returncode}: {errors.strip()}"
         )
-    summary = json.loads(result.stdout)
+    summary = json.loads(output)
     if summary["indexed"] != expected or summary["failed"] != 0:
         sys.exit(
             f"error: imgsim indexed {summary['indexed']} of {expected} files in {folder} "
             f"and {summary['failed']} failed: {summary['failures']}"
         )
-    return elapsed
+    return elapsed, peak_mib
 
 
 def create_session(model, threads):
@@ -451,7 +468,7 @@ def measure_set(args, model, files, scratch, rng):
         print(f"  run {run}/{args.runs}", file=sys.stderr)
         database_folder = scratch / "databases" / f"run-{run}"
         database_folder.mkdir(parents=True)
-        imgsim_seconds = time_imgsim(
+        imgsim_seconds, imgsim_peak_mib = time_imgsim(
             args, files[0].parent, len(files), database_folder / "index.db"
         )
         shutil.rmtree(database_folder)
@@ -467,6 +484,7 @@ def measure_set(args, model, files, scratch, rng):
         runs.append(
             {
                 "imgsim_index_s": imgsim_seconds,
+                "imgsim_peak_mib": imgsim_peak_mib,
                 "python_session_create_s": session_seconds,
                 "python_pipeline_s": python_seconds,
                 "inference_only_s": inference_seconds,
@@ -499,6 +517,8 @@ def summarize(result):
             "min": min(values),
             "max": max(values),
         }
+    peaks = [run["imgsim_peak_mib"] for run in runs]
+    summary["imgsim_peak_mib"] = {"median": statistics.median(peaks), "min": min(peaks), "max": max(peaks)}
     sessions = [run["python_session_create_s"] for run in runs]
     summary["python_session_create_s"] = {
         "median": statistics.median(sessions),
@@ -526,7 +546,7 @@ def print_table(result, runs, threads):
     megabytes = result["bytes"] / 1e6
     print()
     print(f"{result['name']}: {result['files']} JPEGs ({sizes}), {megabytes:.1f} MB")
-    print(f"  runs: {runs}, threads: {threads}, batch size: {BATCH_SIZE}")
+    print(f"  runs: {runs}, threads: {threads}, Python batch size: {BATCH_SIZE}")
     print(f"  {'measurement':<36}{'images/s median':>16}{'min-max':>18}")
     for key, label in (
         ("imgsim_images_per_s", "imgsim index (whole process)"),
@@ -548,6 +568,10 @@ def print_table(result, runs, threads):
     )
     print(
         f"  split: {threads} one-thread sessions, batches of {WORKER_BATCH_SIZE}, one Python thread each"
+    )
+    peak = summary["imgsim_peak_mib"]
+    print(
+        f"  imgsim peak memory: median {peak['median']:.0f} MiB, min-max {peak['min']:.0f}-{peak['max']:.0f} MiB"
     )
     session = summary["python_session_create_s"]
     print(
@@ -595,6 +619,7 @@ def main():
             "runs": args.runs,
             "threads": args.threads,
             "batch_size": BATCH_SIZE,
+            "imgsim_batch_size": args.batch_size,
             "imgsim": str(args.imgsim.resolve()),
             "imgsim_model": str(args.model.resolve()) if args.model else "built-in",
             "python_model": str(model),
