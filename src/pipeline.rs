@@ -258,6 +258,7 @@ fn embed_all(
             };
             scope.spawn(move || run_worker(&context, template, worker, workers, &sender));
         }
+        let mut committed = 0;
         for index in 0..batches.len() {
             // A closed channel means that its worker stopped early, on
             // Ctrl-C or after sending an error.
@@ -267,12 +268,15 @@ fn embed_all(
             let embedded = embedded?;
             let finished = embedded.files;
             commit_batch(store, embedded, report, observer)?;
+            committed += 1;
             observer.advance(finished);
             if cancel.load(Ordering::SeqCst) {
-                report.interrupted = true;
                 break;
             }
         }
+        // Ctrl-C may arrive before the first batch is taken, and then no
+        // batch is committed at all.
+        report.interrupted = committed < batches.len();
         Ok::<(), PipelineError>(())
     });
     report.decoded = decoded.load(Ordering::Relaxed);
@@ -468,4 +472,62 @@ fn commit_batch(
     report.indexed += batch.images.len();
     report.indexed_changed += batch.changed;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelSource;
+
+    /// Observer that sets the cancel flag when the decoding starts, as a
+    /// Ctrl-C right after planning does.
+    struct CancelAtStart<'a>(&'a AtomicBool);
+
+    impl IndexObserver for CancelAtStart<'_> {
+        fn start(&self, _to_process: usize) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        fn advance(&self, _files: usize) {}
+        fn failed(&self, _failure: &Failure) {}
+        fn warning(&self, _path: &std::path::Path, _message: &str) {}
+    }
+
+    #[test]
+    fn cancel_before_first_batch_is_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        for number in 0..3u8 {
+            let picture = image::RgbImage::from_fn(64, 48, |x, y| {
+                image::Rgb([x as u8 * 4, y as u8 * 5, number * 60])
+            });
+            picture
+                .save(dir.path().join(format!("{number}.jpg")))
+                .unwrap();
+        }
+        let mut store = Store::open_in_memory().unwrap();
+        let embedder = Embedder::load(&ModelSource::Default, 1).unwrap();
+        store.bind_model(embedder.identity()).unwrap();
+        let settings = IndexSettings {
+            batch_size: 1,
+            workers: 2,
+            decode: DecodeOptions::default(),
+            scan: ScanOptions::default(),
+            dry_run: false,
+        };
+        let cancel = AtomicBool::new(false);
+
+        let report = index_roots(
+            &mut store,
+            &embedder,
+            &[dir.path().to_path_buf()],
+            &settings,
+            &CancelAtStart(&cancel),
+            &cancel,
+        )
+        .unwrap();
+
+        assert!(report.interrupted);
+        assert_eq!(report.scanned, 3);
+        assert_eq!(report.indexed, 0);
+        assert_eq!(store.image_count().unwrap(), 0);
+    }
 }

@@ -566,7 +566,10 @@ fn limited_wait_gives_up_with_busy_status() {
     lock.lock().unwrap();
 
     let started = std::time::Instant::now();
-    let waited = run(&database, ["index".as_ref(), "--wait=1".as_ref(), folder.as_os_str()]);
+    let waited = run(
+        &database,
+        ["index".as_ref(), "--wait=1".as_ref(), folder.as_os_str()],
+    );
     assert_eq!(waited.status, 4, "{}", waited.stderr);
     assert!(
         waited.stderr.contains("timed out after 1 s"),
@@ -579,4 +582,53 @@ fn limited_wait_gives_up_with_busy_status() {
     let (after, summary) = index(&database, &[&folder]);
     assert_eq!(after.status, 0, "{}", after.stderr);
     assert_eq!(summary["indexed"], 1);
+}
+
+#[test]
+fn wait_with_space_suggests_equals_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = copy_photos(&some_photos(1), dir.path());
+    let database = dir.path().join("db.sqlite");
+
+    let outcome = run(
+        &database,
+        [
+            "index".as_ref(),
+            "--wait".as_ref(),
+            "5".as_ref(),
+            folder.as_os_str(),
+        ],
+    );
+    assert_eq!(outcome.status, 2, "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("write --wait=5"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(!database.exists());
+}
+
+#[test]
+fn invalid_failures_path_creates_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = copy_photos(&some_photos(1), dir.path());
+    let database = dir.path().join("db.sqlite");
+    let failures = dir.path().join("missing").join("failures.jsonl");
+
+    let outcome = run(
+        &database,
+        [
+            "index".as_ref(),
+            "--failures".as_ref(),
+            failures.as_os_str(),
+            folder.as_os_str(),
+        ],
+    );
+    assert_eq!(outcome.status, 1, "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("failures.jsonl"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(!database.exists());
 }

@@ -25,6 +25,18 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     let database = global.database_path()?;
     // A dry run takes no lock and creates nothing: it reads an existing
     // database, or plans against an empty one in memory.
+    // `--wait 5 DIR` takes 5 as a folder and waits without limit, which a
+    // cron job written that way would not expect.
+    if let (Some(None), Some(first)) = (args.wait, args.paths.first()) {
+        let text = first.to_string_lossy();
+        if text.parse::<u64>().is_ok() && !first.exists() {
+            eprintln!(
+                "error: {text}: no such file or folder; to wait at most {text} seconds, \
+                 write --wait={text}"
+            );
+            return Ok(Status::Usage);
+        }
+    }
     let _lock = if args.dry_run {
         None
     } else {
@@ -41,6 +53,12 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
             }
             Err(error) => return Err(error.into()),
         }
+    };
+    // Opened before the database, so that an invalid path leaves no empty
+    // database behind.
+    let failure_log = match &args.failures {
+        Some(path) => Some(FailureLog::create(path)?),
+        None => None,
     };
     super::configure_threads(global);
     // The workers of the run load their own sessions from this one, which
@@ -70,10 +88,6 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
             follow_links: args.follow_links,
         },
         dry_run: args.dry_run,
-    };
-    let failure_log = match &args.failures {
-        Some(path) => Some(FailureLog::create(path)?),
-        None => None,
     };
     let progress = TerminalProgress::new(global.quiet);
     let observer = Observer {

@@ -79,13 +79,21 @@ pub fn lock_database(database: &Path, wait: Wait) -> Result<IndexLock, LockError
         .write(true)
         .open(&path)
         .map_err(io_error)?;
+    // A limit too far away to represent as an instant is no limit.
     let deadline = match wait {
-        Wait::No => None,
-        Wait::Forever => {
+        Wait::AtMost(limit) => Instant::now()
+            .checked_add(limit)
+            .map(|deadline| (deadline, limit))
+            .ok_or(Wait::Forever),
+        other => Err(other),
+    };
+    let deadline = match deadline {
+        Ok(deadline) => Some(deadline),
+        Err(Wait::Forever) => {
             file.lock().map_err(io_error)?;
             return Ok(IndexLock { _file: file });
         }
-        Wait::AtMost(limit) => Some((Instant::now() + limit, limit)),
+        Err(_) => None,
     };
     loop {
         match file.try_lock() {
@@ -146,5 +154,9 @@ mod tests {
         let second = lock_database(&database, Wait::AtMost(Duration::from_secs(30)));
         releaser.join().unwrap();
         assert!(second.is_ok());
+        drop(second);
+
+        // A limit beyond what an instant can hold takes a free lock.
+        assert!(lock_database(&database, Wait::AtMost(Duration::MAX)).is_ok());
     }
 }
