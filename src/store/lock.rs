@@ -63,7 +63,7 @@ pub fn lock_path(database: &Path) -> PathBuf {
 
 /// Takes the exclusive lock of `database`. When another run has it,
 /// fails with [`LockError::Busy`] at once, waits for it, or fails with
-/// [`LockError::TimedOut`] after the time limit, as `wait` says.
+/// [`LockError::TimedOut`] after the time limit, as `wait` requests.
 pub fn lock_database(database: &Path, wait: Wait) -> Result<IndexLock, LockError> {
     let path = lock_path(database);
     let io_error = |source| LockError::Io {
