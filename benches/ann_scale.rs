@@ -8,7 +8,7 @@
 //! options: `--queries Q` (default 200), `--ef-construction N` (default
 //! the product's 200) and `--dir DIR` for the saved files (default a new
 //! folder under `target/tmp`, removed at the end). A
-//! million vectors need about 12 GB of memory and 6 GB of disk.
+//! million vectors need about 14 GB of memory and 6 GB of disk.
 
 use std::path::PathBuf;
 use std::time::Instant;
