@@ -236,7 +236,11 @@ fn embed_all(
 ) -> Result<(), PipelineError> {
     let batch_size = settings.batch_size.max(1);
     let batches: Vec<&[ToEmbed]> = to_embed.chunks(batch_size).collect();
-    let workers = settings.workers.clamp(1, batches.len().max(1));
+    if batches.is_empty() {
+        // Nothing to decode, so no worker needs to load a session.
+        return Ok(());
+    }
+    let workers = settings.workers.clamp(1, batches.len());
     let preprocessing = template.preprocessing().clone();
     let decode_options = DecodeOptions::for_side(
         settings.decode.max_pixels,
