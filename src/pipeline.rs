@@ -222,9 +222,9 @@ fn record_failure(
 /// Runs `settings.workers` worker threads, each with its own one-thread
 /// session of the model: worker `w` decodes and embeds batches `w`,
 /// `w + workers`, and so on, while this thread commits the finished batches
-/// in file order. So a worker does not wait on another core in the middle
-/// of an operator, as ONNX Runtime's intra-op threads do when decoding
-/// takes a core from them.
+/// in file order. Separate sessions keep a worker from waiting on another
+/// core in the middle of an operator, as ONNX Runtime's intra-op threads
+/// do when decoding takes a core from them.
 fn embed_all(
     store: &mut Store,
     template: &Embedder,
@@ -256,6 +256,7 @@ fn embed_all(
             let context = WorkerContext {
                 batches: &batches,
                 decode: &decode_options,
+                preprocessing: &preprocessing,
                 observer,
                 cancel,
                 decoded: &decoded,
@@ -291,6 +292,7 @@ fn embed_all(
 struct WorkerContext<'a> {
     batches: &'a [&'a [ToEmbed]],
     decode: &'a DecodeOptions,
+    preprocessing: &'a Preprocessing,
     observer: &'a dyn IndexObserver,
     cancel: &'a AtomicBool,
     decoded: &'a AtomicUsize,
@@ -309,11 +311,13 @@ fn run_worker(
     let mut embedder = match template.replica(1) {
         Ok(embedder) => embedder,
         Err(error) => {
+            // The main thread reports the error. When it has stopped
+            // already, only this line records it.
+            tracing::debug!("index worker {worker}: cannot load the model: {error}");
             let _ = sender.send(Err(error));
             return;
         }
     };
-    let preprocessing = embedder.preprocessing().clone();
     for batch in context.batches.iter().skip(worker).step_by(workers) {
         if context.cancel.load(Ordering::SeqCst) {
             break;
@@ -321,7 +325,14 @@ fn run_worker(
         context.decoded.fetch_add(batch.len(), Ordering::Relaxed);
         let results = batch
             .iter()
-            .map(|item| prepare_one(item, context.decode, &preprocessing, context.observer))
+            .map(|item| {
+                prepare_one(
+                    item,
+                    context.decode,
+                    context.preprocessing,
+                    context.observer,
+                )
+            })
             .collect();
         let embedded = embed_batch(&mut embedder, batch, results);
         let failed = embedded.is_err();
@@ -330,6 +341,7 @@ fn run_worker(
         }
     }
 }
+
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         text.to_string()

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How long to wait for a lock held by another run.
+/// Time to wait for a lock held by another run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
     /// Fail at once.
@@ -80,20 +80,17 @@ pub fn lock_database(database: &Path, wait: Wait) -> Result<IndexLock, LockError
         .open(&path)
         .map_err(io_error)?;
     // A limit too far away to represent as an instant is no limit.
-    let deadline = match wait {
-        Wait::AtMost(limit) => Instant::now()
-            .checked_add(limit)
-            .map(|deadline| (deadline, limit))
-            .ok_or(Wait::Forever),
-        other => Err(other),
+    let wait = match wait {
+        Wait::AtMost(limit) if Instant::now().checked_add(limit).is_none() => Wait::Forever,
+        other => other,
     };
-    let deadline = match deadline {
-        Ok(deadline) => Some(deadline),
-        Err(Wait::Forever) => {
+    let deadline = match wait {
+        Wait::No => None,
+        Wait::Forever => {
             file.lock().map_err(io_error)?;
             return Ok(IndexLock { _file: file });
         }
-        Err(_) => None,
+        Wait::AtMost(limit) => Some((Instant::now() + limit, limit)),
     };
     loop {
         match file.try_lock() {
