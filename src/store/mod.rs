@@ -55,8 +55,8 @@ pub enum StoreError {
         "{path}: the database holds vectors of model {stored_name} ({stored_dimension} \
          dimensions, sha256 {stored_sha256_short}...), but this run uses {name} ({dimension} \
          dimensions, sha256 {sha256_short}...){preprocessing_note}. Run with the model the \
-         database was built with (--model and its preprocessing), or index into a new \
-         database with --db NEW.db"
+         database was built with (--model and its preprocessing, or --precision), or index \
+         into a new database with --db NEW.db"
     )]
     ModelMismatch {
         path: PathBuf,

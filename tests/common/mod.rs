@@ -83,7 +83,10 @@ impl From<Output> for Run {
 pub fn imgsim(database: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_imgsim"));
     command.arg("--db").arg(database);
-    command.env_remove("IMGSIM_DB").env_remove("IMGSIM_MODEL");
+    command
+        .env_remove("IMGSIM_DB")
+        .env_remove("IMGSIM_MODEL")
+        .env_remove("IMGSIM_PRECISION");
     command
 }
 
@@ -109,16 +112,27 @@ pub fn index<P: AsRef<OsStr>>(database: &Path, paths: &[P]) -> (Run, serde_json:
 /// Runs `imgsim query IMAGE -k K --json` and returns the result paths with
 /// their similarities, best first.
 pub fn query(database: &Path, image: &Path, k: usize) -> Vec<(PathBuf, f64)> {
-    let run = run(
-        database,
-        [
-            OsStr::new("query"),
-            image.as_os_str(),
-            OsStr::new("-k"),
-            OsStr::new(&k.to_string()),
-            OsStr::new("--json"),
-        ],
-    );
+    query_with(database, &[], image, k)
+}
+
+/// Runs `imgsim OPTIONS... query IMAGE -k K --json` and returns the result
+/// paths with their similarities, best first.
+pub fn query_with(
+    database: &Path,
+    options: &[&str],
+    image: &Path,
+    k: usize,
+) -> Vec<(PathBuf, f64)> {
+    let mut args: Vec<&OsStr> = options.iter().map(OsStr::new).collect();
+    let k = k.to_string();
+    args.extend([
+        OsStr::new("query"),
+        image.as_os_str(),
+        OsStr::new("-k"),
+        OsStr::new(&k),
+        OsStr::new("--json"),
+    ]);
+    let run = run(database, args);
     assert_eq!(run.status, 0, "query failed: {}", run.stderr);
     run.json()["results"]
         .as_array()
