@@ -16,6 +16,11 @@ Run from the repository root, with Pillow installed:
 
 Options pass through to `imgsim dupes` after `--`, for example
 `-- --max-residual 1.5`.
+
+`--held-out` makes the same kinds of edits with other strengths (quality 25,
+0.4 size, an 8% crop from other sides, 25% brighter, the other EXIF
+rotation, WebP, a white caption band at the top, a 3-degree tilt the other
+way), for checking thresholds that were chosen on the default set.
 """
 
 import argparse
@@ -34,7 +39,32 @@ ROOT = Path(__file__).resolve().parent.parent
 EDITS = ["orig", "thumb", "q40", "half", "crop", "bright", "exifrot", "png", "caption", "tilt"]
 
 
-def make_set(photos: Path, out: Path) -> dict:
+# Strengths of the edits: the default set, and the held-out one.
+STRENGTHS = {
+    "default": {
+        "quality": 40,
+        "resize": 0.5,
+        "crop": (0.06, 0.04, 0.03, 0.05),
+        "brightness": 1.35,
+        "orientation": 8,
+        "lossless": (".png", {}),
+        "caption": ("bottom", (0, 0, 0), (255, 255, 255), 8),
+        "tilt": 4,
+    },
+    "held-out": {
+        "quality": 25,
+        "resize": 0.4,
+        "crop": (0.02, 0.08, 0.06, 0.01),
+        "brightness": 1.25,
+        "orientation": 6,
+        "lossless": (".webp", {"lossless": True}),
+        "caption": ("top", (255, 255, 255), (0, 0, 0), 10),
+        "tilt": -3,
+    },
+}
+
+
+def make_set(photos: Path, out: Path, strengths: dict = STRENGTHS["default"]) -> dict:
     """Writes the edited copies and returns file name -> source photo."""
     groups = json.loads((photos / "groups.json").read_text())
     truth = {}
@@ -49,21 +79,32 @@ def make_set(photos: Path, out: Path) -> dict:
 
         save("orig", image, quality=95)
         save("thumb", Image.open(photos / thumbnail).convert("RGB"), quality=95)
-        save("q40", image, quality=40)
-        save("half", image.resize((width // 2, height // 2), Image.LANCZOS), quality=90)
-        crop_box = (int(width * 0.06), int(height * 0.04), width - int(width * 0.03), height - int(height * 0.05))
+        save("q40", image, quality=strengths["quality"])
+        factor = strengths["resize"]
+        resized = image.resize((int(width * factor), int(height * factor)), Image.LANCZOS)
+        save("half", resized, quality=90)
+        left, top, right, bottom = strengths["crop"]
+        crop_box = (int(width * left), int(height * top), width - int(width * right), height - int(height * bottom))
         save("crop", image.crop(crop_box), quality=90)
-        save("bright", ImageEnhance.Brightness(image).enhance(1.35), quality=90)
+        save("bright", ImageEnhance.Brightness(image).enhance(strengths["brightness"]), quality=90)
         exif = Image.Exif()
-        exif[0x0112] = 8  # rotate 90 degrees counter-clockwise to display
-        save("exifrot", image.transpose(Image.ROTATE_270), quality=90, exif=exif.tobytes())
-        save("png", image, suffix=".png")
+        exif[0x0112] = strengths["orientation"]
+        # Orientation 8 displays the stored pixels turned 90 degrees
+        # counter-clockwise, 6 clockwise, so the stored pixels are turned
+        # the other way.
+        stored = image.transpose(Image.ROTATE_270 if strengths["orientation"] == 8 else Image.ROTATE_90)
+        save("exifrot", stored, quality=90, exif=exif.tobytes())
+        suffix, options = strengths["lossless"]
+        save("png", image, suffix=suffix, **options)
+        edge, fill, ink, share = strengths["caption"]
         captioned = image.copy()
         draw = ImageDraw.Draw(captioned)
-        draw.rectangle((0, height - height // 8, width, height), fill=(0, 0, 0))
-        draw.text((10, height - height // 10), "Holiday 2003 - all rights reserved", fill=(255, 255, 255))
+        band = height // share
+        top_of_band = 0 if edge == "top" else height - band
+        draw.rectangle((0, top_of_band, width, top_of_band + band), fill=fill)
+        draw.text((10, top_of_band + band // 4), "Holiday 2003 - all rights reserved", fill=ink)
         save("caption", captioned, quality=90)
-        save("tilt", image.rotate(4, resample=Image.BICUBIC), quality=90)
+        save("tilt", image.rotate(strengths["tilt"], resample=Image.BICUBIC), quality=90)
     return truth
 
 
@@ -71,6 +112,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--imgsim", default=str(ROOT / "target/release/imgsim"))
     parser.add_argument("--photos", default=str(ROOT.parent / "shared/testdata/photos"))
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help="make the edits with the held-out strengths instead of the default ones",
+    )
     parser.add_argument("dupes_args", nargs="*", help="extra options for imgsim dupes")
     args = parser.parse_args()
 
@@ -78,7 +124,8 @@ def main() -> None:
         scratch = Path(scratch)
         images = scratch / "set"
         images.mkdir()
-        truth = make_set(Path(args.photos), images)
+        strengths = STRENGTHS["held-out" if args.held_out else "default"]
+        truth = make_set(Path(args.photos), images, strengths)
         database = scratch / "set.db"
         subprocess.run([args.imgsim, "--db", database, "index", "-q", images], check=True)
         output = subprocess.run(

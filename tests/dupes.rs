@@ -677,3 +677,86 @@ fn captioned_copy_is_near_identical() {
     assert_eq!(output["groups"][0]["tier"], "near-identical");
     assert_eq!(output["summary"]["aligned_pairs"], 1, "{output}");
 }
+
+/// Returns `picture` turned by `degrees` about its centre, bilinear, with
+/// black where nothing of it lands, as a photo editor's straighten tool
+/// leaves it.
+fn tilted(picture: &image::RgbImage, degrees: f32) -> image::RgbImage {
+    let (width, height) = picture.dimensions();
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let (centre_x, centre_y) = ((width - 1) as f32 / 2.0, (height - 1) as f32 / 2.0);
+    image::RgbImage::from_fn(width, height, |x, y| {
+        let (dx, dy) = (x as f32 - centre_x, y as f32 - centre_y);
+        let (sx, sy) = (
+            centre_x + cos * dx - sin * dy,
+            centre_y + sin * dx + cos * dy,
+        );
+        if sx < 0.0 || sy < 0.0 || sx >= (width - 1) as f32 || sy >= (height - 1) as f32 {
+            return image::Rgb([0, 0, 0]);
+        }
+        let (x0, y0) = (sx as u32, sy as u32);
+        let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+        let channel = |c: usize| {
+            let at = |x: u32, y: u32| f32::from(picture.get_pixel(x, y)[c]);
+            let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1, y0) * fx;
+            let bottom = at(x0, y0 + 1) * (1.0 - fx) + at(x0 + 1, y0 + 1) * fx;
+            (top * (1.0 - fy) + bottom * fy).round() as u8
+        };
+        image::Rgb([channel(0), channel(1), channel(2)])
+    })
+}
+
+#[test]
+fn aligned_copies_join_burst_frames_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    // Two frames of a burst of a still scene: they differ only where a
+    // rider moved, and their embeddings are as close as a copy's.
+    let photo = |name: &str| common::photos_dir().join(name);
+    let frame = image::open(photo("Speedway__P1040434.JPG"))
+        .unwrap()
+        .to_rgb8();
+    let next = image::open(photo("Speedway__P1040435.JPG"))
+        .unwrap()
+        .to_rgb8();
+    frame.save(folder.join("frame.png")).unwrap();
+    tilted(&frame, 4.0)
+        .save(folder.join("frame_tilted.png"))
+        .unwrap();
+    let (width, height) = frame.dimensions();
+    image::imageops::crop_imm(
+        &frame,
+        width / 16,
+        height / 25,
+        width * 7 / 8,
+        height * 9 / 10,
+    )
+    .to_image()
+    .save(folder.join("frame_cropped.png"))
+    .unwrap();
+    next.save(folder.join("next.png")).unwrap();
+    let mut captioned = next.clone();
+    for y in 0..height / 10 {
+        for x in 0..width {
+            captioned.put_pixel(x, y, image::Rgb([255, 255, 255]));
+        }
+    }
+    captioned.save(folder.join("next_captioned.png")).unwrap();
+
+    let database = dir.path().join("index.db");
+    let (run, _) = common::index(&database, &[&folder]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let output = dupes_json(&database, &[]);
+    let mut groups = group_names(&output);
+    groups.sort();
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        groups,
+        vec![
+            set(&["frame.png", "frame_cropped.png", "frame_tilted.png"]),
+            set(&["next.png", "next_captioned.png"]),
+        ],
+        "{output}"
+    );
+}

@@ -24,6 +24,18 @@ const FINE_SIDE: u32 = 64;
 const COARSE_SCALES: [f32; 9] = [0.80, 0.85, 0.90, 0.95, 1.0, 1.05, 1.11, 1.18, 1.25];
 /// Angles tried in the coarse search, in degrees.
 const COARSE_ANGLES: [f32; 7] = [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0];
+/// Long side of the pictures compared for the final score, in pixels: the
+/// signature's own size. At 64 pixels, the blur of resampling a copy and
+/// the change where something moved between burst frames score alike. At
+/// this size the second is larger than the first.
+const FINAL_SIDE: u32 = super::pixels::SIGNATURE_SIDE;
+/// No change of scale, rotation or position.
+const IDENTITY: Transform = Transform {
+    scale: 1.0,
+    angle: 0.0,
+    shift_x: 0.0,
+    shift_y: 0.0,
+};
 /// Coarse results refined at the fine size.
 const REFINED: usize = 2;
 /// Minimum share of the first picture that must land inside the second.
@@ -110,28 +122,54 @@ struct Transform {
     shift_y: f32,
 }
 
+/// `transform` in pixel coordinates: maps a pixel of `first` to a point of
+/// `second`.
+struct Mapping {
+    a: f32,
+    b: f32,
+    centre_first: (f32, f32),
+    centre_second: (f32, f32),
+}
+
+impl Mapping {
+    fn new(first: &Plane, second: &Plane, transform: &Transform) -> Mapping {
+        let (sin, cos) = transform.angle.to_radians().sin_cos();
+        let ratio = transform.scale * second.long_side() / first.long_side();
+        Mapping {
+            a: ratio * cos,
+            b: ratio * sin,
+            centre_first: (
+                (first.width - 1) as f32 / 2.0,
+                (first.height - 1) as f32 / 2.0,
+            ),
+            centre_second: (
+                (second.width - 1) as f32 / 2.0 + transform.shift_x * second.long_side(),
+                (second.height - 1) as f32 / 2.0 + transform.shift_y * second.long_side(),
+            ),
+        }
+    }
+
+    fn apply(&self, x: usize, y: usize) -> (f32, f32) {
+        let (dx, dy) = (
+            x as f32 - self.centre_first.0,
+            y as f32 - self.centre_first.1,
+        );
+        (
+            self.centre_second.0 + self.a * dx - self.b * dy,
+            self.centre_second.1 + self.b * dx + self.a * dy,
+        )
+    }
+}
+
 /// Maps every pixel of `first` through `transform` into `second` and
 /// returns, per pixel of `first` in row order, the pair of grey values, or
 /// `None` where it lands outside `second`.
 fn mapped_pairs(first: &Plane, second: &Plane, transform: &Transform) -> Vec<Option<(f32, f32)>> {
-    let (sin, cos) = transform.angle.to_radians().sin_cos();
-    let ratio = transform.scale * second.long_side() / first.long_side();
-    let (a, b) = (ratio * cos, ratio * sin);
-    let centre_first = (
-        (first.width - 1) as f32 / 2.0,
-        (first.height - 1) as f32 / 2.0,
-    );
-    let centre_second = (
-        (second.width - 1) as f32 / 2.0 + transform.shift_x * second.long_side(),
-        (second.height - 1) as f32 / 2.0 + transform.shift_y * second.long_side(),
-    );
+    let mapping = Mapping::new(first, second, transform);
     let mut pairs = Vec::with_capacity(first.values.len());
     for y in 0..first.height {
-        let dy = y as f32 - centre_first.1;
         for x in 0..first.width {
-            let dx = x as f32 - centre_first.0;
-            let sx = centre_second.0 + a * dx - b * dy;
-            let sy = centre_second.1 + b * dx + a * dy;
+            let (sx, sy) = mapping.apply(x, y);
             pairs.push(
                 second
                     .sample(sx, sy)
@@ -140,6 +178,39 @@ fn mapped_pairs(first: &Plane, second: &Plane, transform: &Transform) -> Vec<Opt
         }
     }
     pairs
+}
+
+/// Returns, per pixel of `first`, whether it lies where a tilted copy may
+/// have its fill: within a margin of `first`'s edges or of `second`'s
+/// edges once mapped. The margin is the widest fill wedge that a rotation
+/// by the transform's angle leaves, plus one pixel for the blur. Below half
+/// a degree there is no margin.
+fn fill_margin(first: &Plane, second: &Plane, transform: &Transform) -> Vec<bool> {
+    let margin = |plane: &Plane| {
+        if transform.angle.abs() < 0.5 {
+            return -1.0;
+        }
+        (plane.long_side() / 2.0 * transform.angle.to_radians().sin().abs()).ceil() + 1.0
+    };
+    let (own, other) = (margin(first), margin(second));
+    let near = |x: f32, y: f32, width: usize, height: usize, margin: f32| {
+        x < margin
+            || y < margin
+            || x > (width - 1) as f32 - margin
+            || y > (height - 1) as f32 - margin
+    };
+    let mapping = Mapping::new(first, second, transform);
+    let mut flags = Vec::with_capacity(first.values.len());
+    for y in 0..first.height {
+        for x in 0..first.width {
+            let (sx, sy) = mapping.apply(x, y);
+            flags.push(
+                near(x as f32, y as f32, first.width, first.height, own)
+                    || near(sx, sy, second.width, second.height, other),
+            );
+        }
+    }
+    flags
 }
 
 /// Scores `transform` mapping `first` onto `second` for the search: the
@@ -183,27 +254,46 @@ fn final_score(first: &Plane, second: &Plane, transform: &Transform) -> Option<(
     if (inside as f32) < MIN_OVERLAP * first.values.len() as f32 {
         return None;
     }
-    // Mapping a clipped picture onto one with detail where it is clipped
-    // leaves ties in arbitrary order, so both directions are tried.
-    let swapped: Vec<Option<(f32, f32)>> = pairs.iter().map(|p| p.map(|(a, b)| (b, a))).collect();
     let (w, h) = (first.width, first.height);
+    let fill = fill_margin(first, second, transform);
+    let value = |i: usize| pairs[i].unwrap_or_default();
+    // The pixels in play are ordered once by each picture's grey level.
+    // Each band's subset keeps these orders, so the rank matching needs no
+    // sort per band.
+    let in_play: Vec<usize> = (0..pairs.len())
+        .filter(|&i| pairs[i].is_some() && !fill[i])
+        .collect();
+    let mut by_first = in_play.clone();
+    by_first.sort_by(|&i, &j| value(i).0.total_cmp(&value(j).0));
+    let mut by_second = in_play;
+    by_second.sort_by(|&i, &j| value(i).1.total_cmp(&value(j).1));
+
+    let mut counted_mask = vec![false; pairs.len()];
     let mut best: Option<(f32, f32)> = None;
     for band in bands(w, h) {
-        let counted: Vec<usize> = (0..pairs.len())
-            .filter(|&i| pairs[i].is_some() && !band.contains(i % w, i / w))
-            .collect();
-        let unclipped: Vec<usize> = counted
+        let counted: Vec<usize> = by_first
             .iter()
             .copied()
-            .filter(|&i| pairs[i].is_some_and(|(a, b)| a.max(b) < NEAR_CLIPPING))
+            .filter(|&i| !band.contains(i % w, i / w))
             .collect();
-        let counted = if unclipped.len() * 2 >= counted.len() {
-            unclipped
-        } else {
-            counted
-        };
-        for direction in [&pairs, &swapped] {
-            let residual = matched_residual(direction, &counted);
+        let unclipped = counted
+            .iter()
+            .filter(|&&i| value(i).0.max(value(i).1) < NEAR_CLIPPING)
+            .count();
+        let leave_out_light = unclipped * 2 >= counted.len();
+        counted_mask.fill(false);
+        for &i in &counted {
+            counted_mask[i] = !leave_out_light || value(i).0.max(value(i).1) < NEAR_CLIPPING;
+        }
+        let counted: Vec<usize> = (0..pairs.len()).filter(|&i| counted_mask[i]).collect();
+        // Mapping a clipped picture onto one with detail where it is
+        // clipped leaves ties in arbitrary order, so both directions are
+        // tried.
+        for (sources, targets, forward) in [
+            (&by_first, &by_second, true),
+            (&by_second, &by_first, false),
+        ] {
+            let residual = matched_residual(&pairs, sources, targets, &counted_mask, forward);
             let mean =
                 counted.iter().map(|&i| residual[i]).sum::<f32>() / counted.len().max(1) as f32;
             if best.is_none_or(|(b, _)| mean < b) {
@@ -264,18 +354,34 @@ fn bands(width: usize, height: usize) -> Vec<Band> {
     bands
 }
 
-/// Returns, for the pixels in `counted`, the absolute difference between the
-/// second value and the first value mapped by rank onto the second's
-/// values. Other entries are zero.
-fn matched_residual(pairs: &[Option<(f32, f32)>], counted: &[usize]) -> Vec<f32> {
-    let value = |i: usize| pairs[i].unwrap_or_default();
-    let mut targets: Vec<f32> = counted.iter().map(|&i| value(i).1).collect();
-    targets.sort_by(f32::total_cmp);
-    let mut by_first = counted.to_vec();
-    by_first.sort_by(|&i, &j| value(i).0.total_cmp(&value(j).0));
+/// Returns, for the pixels where `counted` is set, the absolute difference
+/// between one picture's value and the other's mapped onto it by rank.
+/// `sources` and `targets` list pixels by the grey level of the mapped
+/// picture and of the other; `forward` maps the first picture onto the
+/// second. Other entries are zero.
+fn matched_residual(
+    pairs: &[Option<(f32, f32)>],
+    sources: &[usize],
+    targets: &[usize],
+    counted: &[bool],
+    forward: bool,
+) -> Vec<f32> {
+    let value = |i: usize| {
+        let (a, b) = pairs[i].unwrap_or_default();
+        if forward {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    };
+    let target_values: Vec<f32> = targets
+        .iter()
+        .filter(|&&i| counted[i])
+        .map(|&i| value(i).1)
+        .collect();
     let mut residual = vec![0.0; pairs.len()];
-    for (rank, &i) in by_first.iter().enumerate() {
-        residual[i] = (value(i).1 - targets[rank]).abs();
+    for (rank, &i) in sources.iter().filter(|&&i| counted[i]).enumerate() {
+        residual[i] = (value(i).1 - target_values[rank]).abs();
     }
     residual
 }
@@ -304,6 +410,154 @@ fn largest_block_mean(residual: &[f32], counted: &[usize], width: usize, height:
         }
     }
     largest
+}
+
+/// Refines `transform` by Gauss-Newton steps on the squared residual of
+/// `second`, sampled through the transform, against a gain and offset of
+/// `first`, with Huber weights so that a caption band or clipped light
+/// parts do not pull it off. The grid search leaves errors of about a
+/// percent in scale and a quarter degree, which a copy shows as a residual
+/// along every edge in the picture. These steps bring them down to a
+/// fraction of a pixel.
+fn refine(first: &Plane, second: &Plane, transform: &Transform) -> Transform {
+    let (sin, cos) = transform.angle.to_radians().sin_cos();
+    let ratio = transform.scale * second.long_side() / first.long_side();
+    // Parameters in pixels of `second`: a and b as in `mapped_pairs`, the
+    // shift of the centre, then the gain and offset of `first`'s values.
+    let mut a = ratio * cos;
+    let mut b = ratio * sin;
+    let mut shift_x = transform.shift_x * second.long_side();
+    let mut shift_y = transform.shift_y * second.long_side();
+    let (mut gain, mut offset) = (1.0f32, 0.0f32);
+    let centre_first = (
+        (first.width - 1) as f32 / 2.0,
+        (first.height - 1) as f32 / 2.0,
+    );
+    let centre_second = (
+        (second.width - 1) as f32 / 2.0,
+        (second.height - 1) as f32 / 2.0,
+    );
+    let mut scale_of_residuals = f32::INFINITY;
+
+    for _ in 0..REFINE_STEPS {
+        let mut normal = [[0.0f64; 6]; 6];
+        let mut rhs = [0.0f64; 6];
+        let mut residuals = Vec::with_capacity(first.values.len());
+        let mut rows = Vec::with_capacity(first.values.len());
+        for y in 0..first.height {
+            let dy = y as f32 - centre_first.1;
+            for x in 0..first.width {
+                let dx = x as f32 - centre_first.0;
+                let sx = centre_second.0 + shift_x + a * dx - b * dy;
+                let sy = centre_second.1 + shift_y + b * dx + a * dy;
+                let (Some(value), Some(left), Some(right), Some(up), Some(down)) = (
+                    second.sample(sx, sy),
+                    second.sample(sx - 0.5, sy),
+                    second.sample(sx + 0.5, sy),
+                    second.sample(sx, sy - 0.5),
+                    second.sample(sx, sy + 0.5),
+                ) else {
+                    continue;
+                };
+                let own = first.values[y * first.width + x];
+                let residual = value - (gain * own + offset);
+                let (gx, gy) = (right - left, down - up);
+                let row = [gx * dx + gy * dy, gy * dx - gx * dy, gx, gy, -own, -1.0];
+                residuals.push(residual);
+                rows.push(row);
+            }
+        }
+        if (residuals.len() as f32) < MIN_OVERLAP * first.values.len() as f32 {
+            break;
+        }
+
+        // The Huber threshold is set once, from the first step's median.
+        if !scale_of_residuals.is_finite() {
+            let mut magnitudes: Vec<f32> = residuals.iter().map(|r| r.abs()).collect();
+            let middle = magnitudes.len() / 2;
+            magnitudes.select_nth_unstable_by(middle, f32::total_cmp);
+            scale_of_residuals = (magnitudes[middle] * 1.5).max(1.0);
+        }
+        for (row, &residual) in rows.iter().zip(&residuals) {
+            let weight = if residual.abs() <= scale_of_residuals {
+                1.0
+            } else {
+                scale_of_residuals / residual.abs()
+            };
+            for i in 0..6 {
+                rhs[i] -= f64::from(weight * row[i] * residual);
+                for j in 0..6 {
+                    normal[i][j] += f64::from(weight * row[i] * row[j]);
+                }
+            }
+        }
+
+        let Some(step) = solve6(normal, rhs) else {
+            break;
+        };
+        a += step[0] as f32;
+        b += step[1] as f32;
+        shift_x += step[2] as f32;
+        shift_y += step[3] as f32;
+        gain += step[4] as f32;
+        offset += step[5] as f32;
+        // Stop once no corner moves by a hundredth of a pixel.
+        let reach = first.long_side() / 2.0;
+        let moved =
+            (step[0].abs() + step[1].abs()) as f32 * reach + (step[2].abs() + step[3].abs()) as f32;
+        if moved < 0.01 {
+            break;
+        }
+    }
+
+    let ratio = (a * a + b * b).sqrt();
+    let refined = Transform {
+        scale: ratio * first.long_side() / second.long_side(),
+        angle: b.atan2(a).to_degrees(),
+        shift_x: shift_x / second.long_side(),
+        shift_y: shift_y / second.long_side(),
+    };
+    // A step that ran away (too little texture to fit) keeps the grid's
+    // transform.
+    let plausible = (refined.scale / transform.scale - 1.0).abs() < 0.05
+        && (refined.angle - transform.angle).abs() < 2.0
+        && (refined.shift_x - transform.shift_x).abs() < 0.05
+        && (refined.shift_y - transform.shift_y).abs() < 0.05;
+    if plausible {
+        refined
+    } else {
+        *transform
+    }
+}
+
+/// Gauss-Newton steps of [`refine`] at most.
+const REFINE_STEPS: usize = 30;
+
+/// Solves the 6x6 linear system by Gaussian elimination with partial
+/// pivoting; `None` when it is singular.
+fn solve6(mut matrix: [[f64; 6]; 6], mut rhs: [f64; 6]) -> Option<[f64; 6]> {
+    for column in 0..6 {
+        let pivot = (column..6)
+            .max_by(|&i, &j| matrix[i][column].abs().total_cmp(&matrix[j][column].abs()))?;
+        if matrix[pivot][column].abs() < 1e-9 {
+            return None;
+        }
+        matrix.swap(column, pivot);
+        rhs.swap(column, pivot);
+        for row in column + 1..6 {
+            let factor = matrix[row][column] / matrix[column][column];
+            for k in column..6 {
+                matrix[row][k] -= factor * matrix[column][k];
+            }
+            rhs[row] -= factor * rhs[column];
+        }
+    }
+    let mut solution = [0.0; 6];
+    for row in (0..6).rev() {
+        let known: f64 = (row + 1..6).map(|k| matrix[row][k] * solution[k]).sum();
+        solution[row] = (rhs[row] - known) / matrix[row][row];
+    }
+    Some(solution)
 }
 
 /// Moves the shift in steps of `step` (in units of the long side) while a
@@ -381,7 +635,7 @@ pub fn align(first: &Signature, second: &Signature) -> Option<Alignment> {
         .min(second.width.max(second.height));
     let (fine_first, fine_second) = (Plane::of(first, side), Plane::of(second, side));
     let pixel = 1.0 / fine_second.long_side();
-    let mut best: Option<(Transform, f32)> = None;
+    let mut found: Vec<Transform> = vec![IDENTITY];
     for (transform, _) in coarse.into_iter().take(REFINED) {
         let Some(value) = score(&fine_first, &fine_second, &transform) else {
             continue;
@@ -416,12 +670,31 @@ pub fn align(first: &Signature, second: &Signature) -> Option<Alignment> {
                 }
             }
         }
-        if best.is_none_or(|b| current.1 < b.1) {
-            best = Some(current);
+        found.push(current.0);
+    }
+
+    // Each transform found, and the identity, is refined, and the one with
+    // the lowest final mean residual wins. The final score leaves out a
+    // caption band, which the search's score cannot, so it picks better.
+    let mut best: Option<(Transform, f32)> = None;
+    for transform in found {
+        let transform = refine(&fine_first, &fine_second, &transform);
+        let Some((residual, _)) = final_score(&fine_first, &fine_second, &transform) else {
+            continue;
+        };
+        if best.is_none_or(|(_, b)| residual < b) {
+            best = Some((transform, residual));
         }
     }
     let (transform, _) = best?;
-    let (residual, block_residual) = final_score(&fine_first, &fine_second, &transform)?;
+    let side = FINAL_SIDE
+        .min(first.width.max(first.height))
+        .min(second.width.max(second.height));
+    let (final_first, final_second) = (Plane::of(first, side), Plane::of(second, side));
+    let transform = refine(&final_first, &final_second, &transform);
+    let best =
+        final_score(&final_first, &final_second, &transform).map(|scores| (transform, scores));
+    let (transform, (residual, block_residual)) = best?;
     Some(Alignment {
         residual,
         block_residual,
@@ -458,9 +731,11 @@ mod tests {
         let photo = scene(640, 480, 0);
         let crop = image::imageops::crop_imm(&photo, 38, 19, 582, 437).to_image();
         let found = align(&Signature::of(&crop), &Signature::of(&photo)).unwrap();
-        assert!(found.residual < 3.0, "{found:?}");
-        assert!((found.scale - 582.0 / 640.0).abs() < 0.02, "{found:?}");
-        assert!(found.angle.abs() <= 0.75, "{found:?}");
+        // Measured: residual 0.24, block 0.37, scale 0.9096, angle 0.001.
+        assert!(found.residual < 0.5, "{found:?}");
+        assert!(found.block_residual < 1.0, "{found:?}");
+        assert!((found.scale - 582.0 / 640.0).abs() < 0.002, "{found:?}");
+        assert!(found.angle.abs() < 0.05, "{found:?}");
     }
 
     #[test]
@@ -477,9 +752,12 @@ mod tests {
             }
         });
         let found = align(&Signature::of(&tilted), &Signature::of(&photo)).unwrap();
-        assert!(found.residual < 2.0, "{found:?}");
-        assert!((found.angle - 4.0).abs() <= 0.5, "{found:?}");
-        assert!((found.scale - 1.0).abs() < 0.02, "{found:?}");
+        // The black corners of the tilted copy are left out, so no block
+        // shows them. Measured: residual 0.18, block 0.22, 4.0005 degrees.
+        assert!(found.residual < 0.5, "{found:?}");
+        assert!(found.block_residual < 1.0, "{found:?}");
+        assert!((found.angle - 4.0).abs() < 0.05, "{found:?}");
+        assert!((found.scale - 1.0).abs() < 0.002, "{found:?}");
     }
 
     #[test]
@@ -496,8 +774,8 @@ mod tests {
             let found = align(&Signature::of(first), &Signature::of(second)).unwrap();
             assert!(found.residual < 0.3, "{found:?}");
             assert!(found.block_residual < 1.0, "{found:?}");
-            assert_eq!(found.scale, 1.0, "{found:?}");
-            assert_eq!(found.angle, 0.0, "{found:?}");
+            assert!((found.scale - 1.0).abs() < 0.002, "{found:?}");
+            assert!(found.angle.abs() < 0.05, "{found:?}");
         }
     }
 
