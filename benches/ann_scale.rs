@@ -7,10 +7,13 @@
 //! Run with `cargo bench --bench ann_scale -- --vectors 1000000`. Other
 //! options: `--queries Q` (default 200), `--ef-construction N` (default
 //! the product's 200) and `--dir DIR` for the saved files (default a new
-//! folder under `target/tmp`, removed at the end). A
-//! million vectors need about 14 GB of memory and 6 GB of disk.
+//! folder under `target/tmp`, removed at the end). With `--dir`, the exact
+//! results are saved there too, and `--reuse` searches a graph saved by an
+//! earlier run instead of building one, which lets changes to the search
+//! be timed on one graph. A million vectors need about 14 GB of memory
+//! and 6 GB of disk.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use imgsim::ann::{AnnIndex, AnnParams, FrozenGraph};
@@ -30,6 +33,7 @@ struct Options {
     ef_construction: usize,
     queries: usize,
     dir: Option<PathBuf>,
+    reuse: bool,
 }
 
 fn parse_options() -> Options {
@@ -38,6 +42,7 @@ fn parse_options() -> Options {
         ef_construction: AnnParams::default().ef_construction,
         queries: 200,
         dir: None,
+        reuse: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -49,12 +54,52 @@ fn parse_options() -> Options {
             }
             "--queries" => options.queries = value().parse().expect("--queries takes a number"),
             "--dir" => options.dir = Some(PathBuf::from(value())),
+            "--reuse" => options.reuse = true,
             // cargo bench passes --bench to every benchmark binary.
             "--bench" => {}
             other => panic!("unknown option {other}"),
         }
     }
+    assert!(
+        !options.reuse || options.dir.is_some(),
+        "--reuse needs --dir, the folder of the earlier run"
+    );
     options
+}
+
+/// Returns the path of the file in the bench folder that contains the data
+/// file size of the saved graph and, per query, the ids of the exact top
+/// `K`.
+fn exact_path(dir: &Path) -> PathBuf {
+    dir.join("scale.exact")
+}
+
+fn save_exact(dir: &Path, data_size: u64, exact: &[Vec<i64>]) {
+    let mut text = format!("{data_size}\n");
+    for ids in exact {
+        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+        text.push_str(&ids.join(" "));
+        text.push('\n');
+    }
+    std::fs::write(exact_path(dir), text).expect("save the exact results");
+}
+
+fn load_exact(dir: &Path) -> (u64, Vec<Vec<i64>>) {
+    let text = std::fs::read_to_string(exact_path(dir))
+        .expect("read the exact results of an earlier run with the same --dir");
+    let mut lines = text.lines();
+    let data_size = lines
+        .next()
+        .and_then(|line| line.parse().ok())
+        .expect("data size on the first line");
+    let exact = lines
+        .map(|line| {
+            line.split_whitespace()
+                .map(|id| id.parse().expect("an image id"))
+                .collect()
+        })
+        .collect();
+    (data_size, exact)
 }
 
 /// Returns the median and the 95th percentile of `values`, in the same
@@ -87,68 +132,33 @@ fn main() {
         .clone()
         .unwrap_or_else(|| scratch.as_ref().unwrap().path().to_path_buf());
 
-    // The vectors are made, searched exactly and inserted a part at a time,
-    // so that only the graph contains all of them.
     let started = Instant::now();
-    let (mut parts, queries) =
+    let (parts, queries) =
         DatasetParts::new(options.vectors, options.vectors as u64, options.queries);
     println!(
         "made {} queries in {:.0} s",
         queries.len(),
         started.elapsed().as_secs_f64()
     );
-    let mut index = AnnIndex::with_capacity(options.vectors, &params);
-    let mut best: Vec<Vec<(f32, i64)>> = vec![Vec::new(); queries.len()];
-    let mut exact_seconds = 0.0;
-    let mut build_seconds = 0.0;
-    let mut first_part = true;
-    while let Some(part) = parts.next_part(PART_SIZE) {
-        if first_part {
-            print_statistics(&part);
-            first_part = false;
-        }
-        let started = Instant::now();
-        best.par_iter_mut()
-            .zip(&queries)
-            .for_each(|(best, query)| merge_exact_top_k(best, &part, query, K));
-        exact_seconds += started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        index.insert(&part);
-        build_seconds += started.elapsed().as_secs_f64();
-        println!(
-            "inserted {} vectors, {:.0} s so far",
-            index.len(),
-            build_seconds
+    let (data_size, exact) = if options.reuse {
+        let (data_size, exact) = load_exact(&dir);
+        assert_eq!(
+            exact.len(),
+            queries.len(),
+            "the earlier run had another --queries"
         );
-    }
-    let exact: Vec<Vec<i64>> = best
-        .into_iter()
-        .map(|best| best.into_iter().map(|(_, id)| id).collect())
-        .collect();
-    let vector_count = index.len();
-    println!(
-        "built the graph (M {}, ef_construction {}) in {build_seconds:.0} s",
-        params.max_connections, params.ef_construction,
-    );
-    println!(
-        "exact search: {:.1} ms a query with {} threads",
-        exact_seconds * 1000.0 / queries.len() as f64,
-        rayon::current_num_threads()
-    );
-    let started = Instant::now();
-    let saved = index.save(&dir, "scale").expect("save the graph");
-    println!(
-        "saved it in {:.0} s: graph {} MiB, data {} MiB",
-        started.elapsed().as_secs_f64(),
-        saved.graph_size >> 20,
-        saved.data_size >> 20
-    );
-    // The in-memory graph is not needed any more; freeing it keeps the
-    // search timings free of memory pressure.
-    drop(index);
+        (data_size, exact)
+    } else {
+        let (data_size, exact) = build_and_save(parts, &queries, &params, &dir);
+        if options.dir.is_some() {
+            save_exact(&dir, data_size, &exact);
+        }
+        (data_size, exact)
+    };
+    let vector_count = options.vectors;
 
     let started = Instant::now();
-    let graph = FrozenGraph::open(&dir, "scale", saved.data_size).expect("open the saved graph");
+    let graph = FrozenGraph::open(&dir, "scale", data_size).expect("open the saved graph");
     println!(
         "opened the saved graph in {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
@@ -178,4 +188,66 @@ fn main() {
         );
     }
     drop(scratch);
+}
+
+/// Builds the graph from `parts`, finding the exact top `K` of each query
+/// on the way, saves it in `dir` and returns the size of its data file
+/// with the exact results.
+fn build_and_save(
+    mut parts: DatasetParts,
+    queries: &[Vec<f32>],
+    params: &AnnParams,
+    dir: &Path,
+) -> (u64, Vec<Vec<i64>>) {
+    // The vectors are made, searched exactly and inserted a part at a time,
+    // so that only the graph contains all of them.
+    let mut index = AnnIndex::with_capacity(parts.len(), params);
+    let mut best: Vec<Vec<(f32, i64)>> = vec![Vec::new(); queries.len()];
+    let mut exact_seconds = 0.0;
+    let mut build_seconds = 0.0;
+    let mut first_part = true;
+    while let Some(part) = parts.next_part(PART_SIZE) {
+        if first_part {
+            print_statistics(&part);
+            first_part = false;
+        }
+        let started = Instant::now();
+        best.par_iter_mut()
+            .zip(queries)
+            .for_each(|(best, query)| merge_exact_top_k(best, &part, query, K));
+        exact_seconds += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        index.insert(&part);
+        build_seconds += started.elapsed().as_secs_f64();
+        println!(
+            "inserted {} vectors, {:.0} s so far",
+            index.len(),
+            build_seconds
+        );
+    }
+    let exact: Vec<Vec<i64>> = best
+        .into_iter()
+        .map(|best| best.into_iter().map(|(_, id)| id).collect())
+        .collect();
+    println!(
+        "built the graph (M {}, ef_construction {}) in {build_seconds:.0} s",
+        params.max_connections, params.ef_construction,
+    );
+    println!(
+        "exact search: {:.1} ms a query with {} threads",
+        exact_seconds * 1000.0 / queries.len() as f64,
+        rayon::current_num_threads()
+    );
+    let started = Instant::now();
+    let saved = index.save(dir, "scale").expect("save the graph");
+    println!(
+        "saved it in {:.0} s: graph {} MiB, data {} MiB",
+        started.elapsed().as_secs_f64(),
+        saved.graph_size >> 20,
+        saved.data_size >> 20
+    );
+    // The in-memory graph is not needed any more; freeing it keeps the
+    // search timings free of memory pressure.
+    drop(index);
+    (saved.data_size, exact)
 }

@@ -156,6 +156,11 @@ impl DatasetParts {
     }
 
     /// Returns the next at most `size` vectors, or `None` after the last.
+    /// Number of vectors in all parts together.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
     pub fn next_part(&mut self, size: usize) -> Option<Vec<(i64, Vec<f32>)>> {
         let remaining = self.count + 1 - self.next_id;
         if remaining == 0 {
