@@ -23,6 +23,9 @@ const FINE_SIDE: u32 = 64;
 /// Scales tried in the coarse search, first picture to second.
 const COARSE_SCALES: [f32; 9] = [0.80, 0.85, 0.90, 0.95, 1.0, 1.05, 1.11, 1.18, 1.25];
 /// Angles tried in the coarse search, in degrees.
+// NOTE: a copy turned by much more than these angles (a 25-degree turn with
+// a zoom, as in the imagededup rotation sample) is not aligned, and a wider
+// grid would multiply the cost of every pair searched.
 const COARSE_ANGLES: [f32; 7] = [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0];
 /// Long side of the pictures compared for the final score, in pixels: the
 /// signature's own size. At 64 pixels, the blur of resampling a copy and
