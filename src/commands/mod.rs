@@ -42,8 +42,8 @@ fn load_embedder(global: &GlobalArgs, threads: usize) -> anyhow::Result<Embedder
         (Some(path), Precision::Int8) => {
             return Err(crate::model::ModelError::Unavailable {
                 name: crate::paths::display_path(path),
-                message: "--precision int8 applies to the built-in model only; \
-                          quantize this model yourself and pass the int8 file with --model"
+                message: "--precision int8 applies to the built-in model only. Quantize \
+                          this model yourself and pass the int8 file with --model"
                     .to_string(),
             }
             .into())

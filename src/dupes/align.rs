@@ -152,6 +152,13 @@ impl Mapping {
         }
     }
 
+    /// Returns every pixel (x, y) of `first` in row order with the point of
+    /// `second` it maps to.
+    fn points(&self, first: &Plane) -> impl Iterator<Item = (usize, usize, (f32, f32))> + '_ {
+        let width = first.width;
+        (0..first.height).flat_map(move |y| (0..width).map(move |x| (x, y, self.apply(x, y))))
+    }
+
     fn apply(&self, x: usize, y: usize) -> (f32, f32) {
         let (dx, dy) = (
             x as f32 - self.centre_first.0,
@@ -168,19 +175,14 @@ impl Mapping {
 /// returns, per pixel of `first` in row order, the pair of grey values, or
 /// `None` where it lands outside `second`.
 fn mapped_pairs(first: &Plane, second: &Plane, transform: &Transform) -> Vec<Option<(f32, f32)>> {
-    let mapping = Mapping::new(first, second, transform);
-    let mut pairs = Vec::with_capacity(first.values.len());
-    for y in 0..first.height {
-        for x in 0..first.width {
-            let (sx, sy) = mapping.apply(x, y);
-            pairs.push(
-                second
-                    .sample(sx, sy)
-                    .map(|value| (first.values[y * first.width + x], value)),
-            );
-        }
-    }
-    pairs
+    Mapping::new(first, second, transform)
+        .points(first)
+        .map(|(x, y, (sx, sy))| {
+            second
+                .sample(sx, sy)
+                .map(|value| (first.values[y * first.width + x], value))
+        })
+        .collect()
 }
 
 /// Returns, per pixel of `first`, whether it lies where a tilted copy may
@@ -202,18 +204,13 @@ fn fill_margin(first: &Plane, second: &Plane, transform: &Transform) -> Vec<bool
             || x > (width - 1) as f32 - margin
             || y > (height - 1) as f32 - margin
     };
-    let mapping = Mapping::new(first, second, transform);
-    let mut flags = Vec::with_capacity(first.values.len());
-    for y in 0..first.height {
-        for x in 0..first.width {
-            let (sx, sy) = mapping.apply(x, y);
-            flags.push(
-                near(x as f32, y as f32, first.width, first.height, own)
-                    || near(sx, sy, second.width, second.height, other),
-            );
-        }
-    }
-    flags
+    Mapping::new(first, second, transform)
+        .points(first)
+        .map(|(x, y, (sx, sy))| {
+            near(x as f32, y as f32, first.width, first.height, own)
+                || near(sx, sy, second.width, second.height, other)
+        })
+        .collect()
 }
 
 /// Scores `transform` mapping `first` onto `second` for the search: the

@@ -446,7 +446,7 @@ fn same_bytes_links(images: &[(ImageRecord, Option<Fingerprint>)]) -> Vec<Link> 
 /// maximum. A pair with a small picture (a thumbnail, compared at its low
 /// resolution where resampling differences weigh more) may reach
 /// [`THUMBNAIL_FACTOR`] times the maximum, but only when it is the best
-/// such pair of both its images, within [`MARGIN_FACTOR`]: a thumbnail
+/// such pair of both its images, within [`MARGIN_FACTOR`]. So a thumbnail
 /// joins its own photo, not the next burst frame.
 fn classify(links: &mut [Link], small: &HashSet<i64>, settings: &DupesSettings) {
     let is_small = |link: &Link| small.contains(&link.first) || small.contains(&link.second);

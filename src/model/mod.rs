@@ -75,8 +75,9 @@ pub enum ModelError {
     /// that takes 224x224: a usage error, exit status 2.
     #[error("{name}: the preprocessing settings do not fit the model: {message}")]
     Settings { name: String, message: String },
-    /// A model this processor cannot run accurately: a usage error, exit
-    /// status 2.
+    /// A model that cannot be used as requested: the int8 model on a
+    /// processor without VNNI, or int8 with a model file. A usage error,
+    /// exit status 2.
     #[error("{name}: {message}")]
     Unavailable { name: String, message: String },
     #[error("{name}: inference failed: {message}")]
@@ -189,9 +190,9 @@ impl Embedder {
                     return Err(ModelError::Unavailable {
                         name: INT8_MODEL_NAME.to_string(),
                         message: "--precision int8 needs a processor with VNNI instructions \
-                                  (AVX512-VNNI or AVX-VNNI), which this one lacks; without them \
+                                  (AVX512-VNNI or AVX-VNNI), and this one has none. Without them \
                                   ONNX Runtime's int8 kernels lose accuracy (measured: cosine 0.72 \
-                                  to float32 embeddings). Use the default --precision float32"
+                                  to float32 embeddings), so use the default --precision float32"
                             .to_string(),
                     });
                 }
