@@ -36,7 +36,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 ROOT = Path(__file__).resolve().parent.parent
-EDITS = ["orig", "thumb", "q40", "half", "crop", "bright", "exifrot", "png", "caption", "tilt"]
+EDITS = ["orig", "thumb", "q40", "half", "crop", "bright", "exifrot", "png", "caption", "tilt", "turn"]
 
 
 # Strengths of the edits: the default set, and the held-out one.
@@ -50,6 +50,7 @@ STRENGTHS = {
         "lossless": (".png", {}),
         "caption": ("bottom", (0, 0, 0), (255, 255, 255), 8),
         "tilt": 4,
+        "turn": 25,
     },
     "held-out": {
         "quality": 25,
@@ -60,6 +61,7 @@ STRENGTHS = {
         "lossless": (".webp", {"lossless": True}),
         "caption": ("top", (255, 255, 255), (0, 0, 0), 10),
         "tilt": -3,
+        "turn": -20,
     },
 }
 
@@ -105,6 +107,7 @@ def make_set(photos: Path, out: Path, strengths: dict = STRENGTHS["default"]) ->
         draw.text((10, top_of_band + band // 4), "Holiday 2003 - all rights reserved", fill=ink)
         save("caption", captioned, quality=90)
         save("tilt", image.rotate(strengths["tilt"], resample=Image.BICUBIC), quality=90)
+        save("turn", image.rotate(strengths["turn"], resample=Image.BICUBIC), quality=90)
     return truth
 
 
