@@ -10,13 +10,15 @@
 //! folder under `target/tmp`, removed at the end). With `--dir`, the exact
 //! results are saved there too, and `--reuse` searches a graph saved by an
 //! earlier run instead of building one, which lets changes to the search
-//! be timed on one graph. A million vectors need about 14 GB of memory
+//! be timed on one graph. `--relink` (with `--reuse`) first writes that
+//! graph's links file again, for a graph saved by a version that wrote an
+//! older links file. A million vectors need about 14 GB of memory
 //! and 6 GB of disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use imgsim::ann::{AnnIndex, AnnParams, FrozenGraph};
+use imgsim::ann::{file_digest, AnnIndex, AnnParams, FrozenGraph, SavedFiles};
 use rayon::prelude::*;
 
 mod synthetic;
@@ -34,6 +36,7 @@ struct Options {
     queries: usize,
     dir: Option<PathBuf>,
     reuse: bool,
+    relink: bool,
 }
 
 fn parse_options() -> Options {
@@ -43,6 +46,7 @@ fn parse_options() -> Options {
         queries: 200,
         dir: None,
         reuse: false,
+        relink: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -55,6 +59,7 @@ fn parse_options() -> Options {
             "--queries" => options.queries = value().parse().expect("--queries takes a number"),
             "--dir" => options.dir = Some(PathBuf::from(value())),
             "--reuse" => options.reuse = true,
+            "--relink" => options.relink = true,
             // cargo bench passes --bench to every benchmark binary.
             "--bench" => {}
             other => panic!("unknown option {other}"),
@@ -63,6 +68,10 @@ fn parse_options() -> Options {
     assert!(
         !options.reuse || options.dir.is_some(),
         "--reuse needs --dir, the folder of the earlier run"
+    );
+    assert!(
+        !options.relink || options.reuse,
+        "--relink needs --reuse and --dir"
     );
     options
 }
@@ -157,6 +166,29 @@ fn main() {
     };
     let vector_count = options.vectors;
 
+    if options.relink {
+        // Links files of an older version cannot be opened, so the graph is
+        // loaded and its links file written again.
+        let started = Instant::now();
+        let digest = |suffix: &str| {
+            file_digest(&dir.join(format!("scale.{suffix}"))).expect("read a saved graph file")
+        };
+        let ((graph_size, graph_digest), (data_size, data_digest)) =
+            (digest("hnsw.graph"), digest("hnsw.data"));
+        let expected = SavedFiles {
+            graph_size,
+            graph_digest,
+            data_size,
+            data_digest,
+        };
+        AnnIndex::load(&dir, "scale", &expected)
+            .and_then(|index| index.rewrite_links(&dir, "scale"))
+            .expect("write the links file again");
+        println!(
+            "wrote the links file again in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     let started = Instant::now();
     let graph = FrozenGraph::open(&dir, "scale", data_size).expect("open the saved graph");
     println!(

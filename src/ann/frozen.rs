@@ -7,9 +7,16 @@
 //! in place from hnsw_rs's data file through a memory map. A search reads
 //! only the vectors it visits.
 //!
-//! The links file starts with a header and the BLAKE3 hash of the rest, and
-//! every number in it is checked before use, so a damaged file is an error,
-//! never a crash. Before a vector is used, its record header in the data
+//! The links file also contains a one-byte code per vector component (see
+//! [`CodeRanges`]). The beam search compares the query with these, a
+//! quarter of the bytes of the vectors, and only the results it keeps are
+//! scored again with the vectors themselves.
+//!
+//! The links file starts with a header and the BLAKE3 hash of its arrays,
+//! and every number in it is checked before use, so a damaged file is an
+//! error, never a crash. The codes are left out of the hash, which would
+//! otherwise read all of them for each query: a damaged code can only
+//! steer the search, never change a reported similarity. Before a vector is used, its record header in the data
 //! file (marker, image id, length) is compared with what the links file
 //! expects. A vector that fails is skipped, with one warning.
 
@@ -24,13 +31,15 @@ use std::sync::Arc;
 use hnsw_rs::hnsw::{Hnsw, Point};
 use memmap2::Mmap;
 
+#[cfg(target_arch = "x86_64")]
+use super::sum_lanes;
 use super::{dot, AnnError, Neighbour, UnitCosine};
 
 const MAGIC: &[u8; 8] = b"IMGSIMLK";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Magic, version, dimension, point count, entry point, data file size,
-/// BLAKE3 hash of the body.
-const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 4 + 8 + 32;
+/// body length, BLAKE3 hash of the body. The codes follow the body.
+const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 4 + 8 + 8 + 32;
 /// hnsw_rs's data file: a marker (u32) and the dimension (usize), then per
 /// point a marker (u32), the image id (u64), the byte length (u64) and the
 /// vector as native-endian f32.
@@ -108,6 +117,9 @@ pub fn write_links(
         first.push(bounds.len() as u32 - 1);
     }
 
+    let vector_of = |record: &DataRecord| points[position_of[&(record.id as usize)]].get_v();
+    let ranges = CodeRanges::of(dimension, records.iter().map(vector_of));
+
     let mut body = Vec::with_capacity(
         records.len() * 16 + (first.len() + bounds.len() + neighbours.len()) * 4 + 16,
     );
@@ -117,7 +129,13 @@ pub fn write_links(
     for record in &records {
         body.extend_from_slice(&record.offset.to_le_bytes());
     }
-    for array in [&first, &bounds, &neighbours] {
+    let range_bits: Vec<u32> = ranges
+        .low
+        .iter()
+        .chain(&ranges.step)
+        .map(|value| value.to_bits())
+        .collect();
+    for array in [&first, &bounds, &neighbours, &range_bits] {
         body.extend_from_slice(&(array.len() as u64).to_le_bytes());
         for value in array.iter() {
             body.extend_from_slice(&value.to_le_bytes());
@@ -131,6 +149,7 @@ pub fn write_links(
     header.extend_from_slice(&(records.len() as u64).to_le_bytes());
     header.extend_from_slice(&entry.to_le_bytes());
     header.extend_from_slice(&data_size.to_le_bytes());
+    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
     header.extend_from_slice(blake3::hash(&body).as_bytes());
 
     let io_error = |source| AnnError::Io {
@@ -140,6 +159,11 @@ pub fn write_links(
     let mut out = BufWriter::new(File::create(links).map_err(io_error)?);
     out.write_all(&header).map_err(io_error)?;
     out.write_all(&body).map_err(io_error)?;
+    let mut codes = vec![0u8; dimension];
+    for record in &records {
+        ranges.encode(vector_of(record), &mut codes);
+        out.write_all(&codes).map_err(io_error)?;
+    }
     let file = out
         .into_inner()
         .map_err(|error| io_error(error.into_error()))?;
@@ -222,12 +246,17 @@ struct Links {
     /// `bounds[i]..bounds[i + 1]` is link list `i` in `neighbours`.
     bounds: Vec<u32>,
     neighbours: Vec<u32>,
+    ranges: CodeRanges,
     entry: u32,
 }
 
 /// A saved graph opened for searching.
 pub struct FrozenGraph {
     links: Links,
+    /// The links file, for its codes: one byte per component and point,
+    /// in point order, from `codes_start`.
+    links_file: Mmap,
+    codes_start: usize,
     data: Mmap,
     data_marker: [u8; 4],
     data_path: PathBuf,
@@ -244,20 +273,16 @@ impl FrozenGraph {
             path: path.to_path_buf(),
             reason: reason.to_string(),
         };
-        let bytes = {
-            let file = crate::files::open_regular(&links).map_err(|source| AnnError::Io {
-                path: links.clone(),
-                source,
-            })?;
-            let mut bytes = Vec::new();
-            BufReader::new(file)
-                .read_to_end(&mut bytes)
-                .map_err(|source| AnnError::Io {
-                    path: links.clone(),
-                    source,
-                })?;
-            bytes
-        };
+        let file = crate::files::open_regular(&links).map_err(|source| AnnError::Io {
+            path: links.clone(),
+            source,
+        })?;
+        // SAFETY: as for the data file below, saved files are never changed
+        // in place.
+        let bytes = unsafe { Mmap::map(&file) }.map_err(|source| AnnError::Io {
+            path: links.clone(),
+            source,
+        })?;
         if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
             return Err(damaged(&links, "not an imgsim links file"));
         }
@@ -269,7 +294,13 @@ impl FrozenGraph {
         let count = header.u64().unwrap_or(0) as usize;
         let entry = header.u32().unwrap_or(u32::MAX);
         let recorded_data_size = header.u64().unwrap_or(0);
-        let body = &bytes[HEADER_LEN..];
+        let body_len = header.u64().unwrap_or(u64::MAX);
+        let codes_start = usize::try_from(body_len)
+            .ok()
+            .and_then(|len| HEADER_LEN.checked_add(len))
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| damaged(&links, "truncated"))?;
+        let body = &bytes[HEADER_LEN..codes_start];
         if blake3::hash(body).as_bytes() != &bytes[HEADER_LEN - 32..HEADER_LEN] {
             return Err(damaged(&links, "content hash differs"));
         }
@@ -278,6 +309,9 @@ impl FrozenGraph {
         }
         let checked = Links::parse(body, dimension, count, entry, data_size)
             .ok_or_else(|| damaged(&links, "inconsistent content"))?;
+        if count.checked_mul(dimension) != Some(bytes.len() - codes_start) {
+            return Err(damaged(&links, "truncated"));
+        }
 
         let file = crate::files::open_regular(&data_path).map_err(|source| AnnError::Io {
             path: data_path.clone(),
@@ -300,6 +334,8 @@ impl FrozenGraph {
         data_marker.copy_from_slice(&data[..4]);
         Ok(FrozenGraph {
             links: checked,
+            links_file: bytes,
+            codes_start,
             data,
             data_marker,
             data_path,
@@ -356,6 +392,38 @@ impl FrozenGraph {
         bytemuck::try_cast_slice(&self.data[offset..offset + self.links.dimension * 4]).ok()
     }
 
+    /// Returns the codes of `point`.
+    fn codes(&self, point: u32) -> &[u8] {
+        let start = self.codes_start + point as usize * self.links.dimension;
+        &self.links_file[start..start + self.links.dimension]
+    }
+
+    /// Returns the distance between the query and `point` by its codes:
+    /// close to [`FrozenGraph::distance`], at a quarter of the bytes read.
+    fn coded_distance(&self, query: &CodedQuery, point: u32) -> f32 {
+        1.0 - query.dot(self.codes(point))
+    }
+
+    /// Asks the processor to start loading the codes of every link of
+    /// `point` on layer 0. The beam search scores them all next, and their
+    /// loads then overlap instead of each waiting for memory in turn.
+    fn prefetch_links(&self, point: u32) {
+        #[cfg(target_arch = "x86_64")]
+        for &next in self.links(point, 0) {
+            let codes = self.codes(next);
+            for line in codes.chunks(64) {
+                // SAFETY: a prefetch is only a hint and the address lies
+                // within the mapped links file.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                    _mm_prefetch(line.as_ptr().cast::<i8>(), _MM_HINT_T0);
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = point;
+    }
+
     fn distance(&self, query: &[f32], point: u32) -> f32 {
         match self.vector(point) {
             Some(vector) => {
@@ -372,15 +440,15 @@ impl FrozenGraph {
 
     /// Walks greedily from the entry point down through the upper layers
     /// and returns the point reached on layer 1 with its distance.
-    fn descend(&self, query: &[f32]) -> (u32, f32) {
+    fn descend(&self, query: &CodedQuery) -> (u32, f32) {
         let mut current = self.links.entry;
-        let mut current_distance = self.distance(query, current);
+        let mut current_distance = self.coded_distance(query, current);
         for layer in (1..=self.level(self.links.entry)).rev() {
             let mut moved = true;
             while moved {
                 moved = false;
                 for &next in self.links(current, layer) {
-                    let distance = self.distance(query, next);
+                    let distance = self.coded_distance(query, next);
                     if distance < current_distance {
                         current = next;
                         current_distance = distance;
@@ -407,7 +475,8 @@ impl FrozenGraph {
             return Vec::new();
         }
         let ef = ef_search.max(k);
-        let (current, current_distance) = self.descend(query);
+        let coded = CodedQuery::new(query, &self.links.ranges);
+        let (current, current_distance) = self.descend(&coded);
 
         // Beam search on layer 0.
         let mut visited = vec![0u64; self.len().div_ceil(64)];
@@ -428,11 +497,12 @@ impl FrozenGraph {
             if results.len() >= ef && results.peek().is_some_and(|worst| distance > worst.0) {
                 break;
             }
+            self.prefetch_links(point);
             for &next in self.links(point, 0) {
                 if mark(next) {
                     continue;
                 }
-                let next_distance = self.distance(query, next);
+                let next_distance = self.coded_distance(&coded, next);
                 let worst = results.peek().map_or(f32::INFINITY, |worst| worst.0);
                 if results.len() < ef || next_distance < worst {
                     candidates.push(Reverse(Scored(next_distance, next)));
@@ -445,12 +515,13 @@ impl FrozenGraph {
                 }
             }
         }
+        // The codes only ranked the points; the vectors give the scores.
         let mut found: Vec<Neighbour> = results
             .into_iter()
-            .filter(|scored| scored.0 < 2.0 || self.vector(scored.1).is_some())
-            .map(|Scored(distance, point)| Neighbour {
+            .filter(|scored| self.vector(scored.1).is_some())
+            .map(|Scored(_, point)| Neighbour {
                 id: self.links.ids[point as usize],
-                similarity: 1.0 - distance,
+                similarity: 1.0 - self.distance(query, point),
             })
             .collect();
         found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.id.cmp(&b.id)));
@@ -477,9 +548,24 @@ impl Links {
         let first = cursor.u32_array()?;
         let bounds = cursor.u32_array()?;
         let neighbours = cursor.u32_array()?;
-        if !cursor.is_done() || dimension == 0 || count == 0 || entry as usize >= count {
+        let range_bits = cursor.u32_array()?;
+        if !cursor.is_done()
+            || dimension == 0
+            || count == 0
+            || entry as usize >= count
+            || range_bits.len() != 2 * dimension
+        {
             return None;
         }
+        let values: Vec<f32> = range_bits.into_iter().map(f32::from_bits).collect();
+        if values.iter().any(|value| !value.is_finite()) {
+            return None;
+        }
+        let (low, step) = values.split_at(dimension);
+        let ranges = CodeRanges {
+            low: low.to_vec(),
+            step: step.to_vec(),
+        };
 
         let vector_len = dimension as u64 * 4;
         let offsets_fit = offsets.iter().all(|&offset| {
@@ -516,9 +602,139 @@ impl Links {
             first,
             bounds,
             neighbours,
+            ranges,
             entry,
         })
     }
+}
+
+/// The range of each vector component that its one-byte code covers:
+/// component `d` is about `low[d] + code * step[d]`, so the 256 codes span
+/// the smallest to the largest value of that component over the graph.
+struct CodeRanges {
+    low: Vec<f32>,
+    step: Vec<f32>,
+}
+
+impl CodeRanges {
+    /// Returns the ranges that cover every component of `vectors`.
+    fn of<'a>(dimension: usize, vectors: impl Iterator<Item = &'a [f32]>) -> CodeRanges {
+        let mut low = vec![f32::INFINITY; dimension];
+        let mut high = vec![f32::NEG_INFINITY; dimension];
+        for vector in vectors {
+            for ((low, high), &value) in low.iter_mut().zip(&mut high).zip(vector) {
+                *low = low.min(value);
+                *high = high.max(value);
+            }
+        }
+        let (low, step) = low
+            .into_iter()
+            .zip(high)
+            .map(|(low, high)| {
+                if low.is_finite() && high > low {
+                    (low, (high - low) / 255.0)
+                } else {
+                    // One value, or none: every code means it.
+                    (if low.is_finite() { low } else { 0.0 }, 0.0)
+                }
+            })
+            .unzip();
+        CodeRanges { low, step }
+    }
+
+    /// Writes the nearest code of each component of `vector` to `codes`.
+    fn encode(&self, vector: &[f32], codes: &mut [u8]) {
+        for (((code, &value), &low), &step) in
+            codes.iter_mut().zip(vector).zip(&self.low).zip(&self.step)
+        {
+            *code = if step > 0.0 {
+                ((value - low) / step).round().clamp(0.0, 255.0) as u8
+            } else {
+                0
+            };
+        }
+    }
+}
+
+/// A query prepared for scoring codes: its dot product with a vector
+/// whose codes are `c` is `base + sum(weights[d] * c[d])`.
+struct CodedQuery {
+    base: f32,
+    weights: Vec<f32>,
+}
+
+impl CodedQuery {
+    fn new(query: &[f32], ranges: &CodeRanges) -> CodedQuery {
+        CodedQuery {
+            base: dot(query, &ranges.low),
+            weights: query
+                .iter()
+                .zip(&ranges.step)
+                .map(|(value, step)| value * step)
+                .collect(),
+        }
+    }
+
+    fn dot(&self, codes: &[u8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: both features were just detected on this processor.
+                return self.base + unsafe { dot_codes_avx2_fma(&self.weights, codes) };
+            }
+        }
+        self.base
+            + self
+                .weights
+                .iter()
+                .zip(codes)
+                .map(|(weight, &code)| weight * f32::from(code))
+                .sum::<f32>()
+    }
+}
+
+/// Returns the dot product of `weights` with the codes widened to f32,
+/// 32 codes a step in four 8-lane sums.
+///
+/// # Safety
+/// The processor must support AVX2 and FMA; `weights` and `codes` must be
+/// of equal length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_codes_avx2_fma(weights: &[f32], codes: &[u8]) -> f32 {
+    use std::arch::x86_64::*;
+    const STEP: usize = 32;
+    let n = weights.len();
+    let whole = n - n % STEP;
+
+    let mut sums = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < whole {
+        let bytes = _mm256_loadu_si256(codes.as_ptr().add(i).cast::<__m256i>());
+        let (low, high) = (
+            _mm256_castsi256_si128(bytes),
+            _mm256_extracti128_si256::<1>(bytes),
+        );
+        let quarters = [
+            low,
+            _mm_srli_si128::<8>(low),
+            high,
+            _mm_srli_si128::<8>(high),
+        ];
+        for (lane, sum) in sums.iter_mut().enumerate() {
+            let widened = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(quarters[lane]));
+            let weight = _mm256_loadu_ps(weights.as_ptr().add(i + lane * 8));
+            *sum = _mm256_fmadd_ps(weight, widened, *sum);
+        }
+        i += STEP;
+    }
+
+    let tail: f32 = weights[whole..]
+        .iter()
+        .zip(&codes[whole..])
+        .map(|(weight, &code)| weight * f32::from(code))
+        .sum();
+    sum_lanes(sums) + tail
 }
 
 /// A distance and a point number, ordered by distance.
@@ -680,8 +896,8 @@ mod tests {
         let (dir, _, data_size) = saved(100);
         let path = links_path(dir.path(), "g");
         let mut bytes = std::fs::read(&path).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x40;
+        // A byte of the arrays, before the codes.
+        bytes[HEADER_LEN + 100] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
         let error = FrozenGraph::open(dir.path(), "g", data_size).err().unwrap();
         assert!(
@@ -730,6 +946,85 @@ mod tests {
         assert!(found.iter().all(|n| n.id != victim), "{found:?}");
         for (id, vector) in vectors.iter().filter(|(id, _)| *id != victim).step_by(9) {
             assert_eq!(graph.search(vector, 1, 64, &|_| true)[0].id, *id);
+        }
+    }
+
+    #[test]
+    fn codes_score_close_to_the_vectors() {
+        let vectors = vectors(300);
+        let ranges = CodeRanges::of(32, vectors.iter().map(|(_, v)| v.as_slice()));
+        let mut codes = vec![0u8; 32];
+        let mut worst = 0.0f32;
+        for (_, query) in vectors.iter().step_by(13) {
+            let coded = CodedQuery::new(query, &ranges);
+            for (_, vector) in &vectors {
+                ranges.encode(vector, &mut codes);
+                worst = worst.max((coded.dot(&codes) - dot(query, vector)).abs());
+            }
+        }
+        // Each component is off by at most half a step of its range.
+        assert!(worst < 0.01, "largest error {worst}");
+        assert!(worst > 0.0, "codes are not exact");
+    }
+
+    #[test]
+    fn code_sums_agree_on_lengths() {
+        for length in [1, 7, 31, 32, 33, 64, 100, 1280] {
+            let weights: Vec<f32> = (0..length).map(|i| (i as f32 * 0.37).sin()).collect();
+            let codes: Vec<u8> = (0..length).map(|i| (i * 97 % 256) as u8).collect();
+            let coded = CodedQuery {
+                base: 0.5,
+                weights: weights.clone(),
+            };
+            let expected: f32 = 0.5
+                + weights
+                    .iter()
+                    .zip(&codes)
+                    .map(|(w, &c)| w * f32::from(c))
+                    .sum::<f32>();
+            let found = coded.dot(&codes);
+            assert!(
+                (found - expected).abs() < 1e-3 * expected.abs().max(1.0),
+                "{length}: {found} {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn constant_component_gets_one_code() {
+        let vectors = [vec![0.5, -1.0, 2.0], vec![0.5, 1.0, 4.0]];
+        let ranges = CodeRanges::of(3, vectors.iter().map(|v| v.as_slice()));
+        let mut codes = [9u8; 3];
+        ranges.encode(&vectors[1], &mut codes);
+        assert_eq!(codes, [0, 255, 255]);
+        ranges.encode(&vectors[0], &mut codes);
+        assert_eq!(codes, [0, 0, 0]);
+        let coded = CodedQuery::new(&[1.0, 1.0, 1.0], &ranges);
+        assert!((coded.dot(&[0, 255, 255]) - 5.5).abs() < 1e-5);
+    }
+
+    #[test]
+    fn damaged_codes_leave_similarities_exact() {
+        let (dir, vectors, data_size) = saved(300);
+        let path = links_path(dir.path(), "g");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let codes_start = bytes.len() - 300 * 32;
+        for (i, byte) in bytes[codes_start..].iter_mut().enumerate() {
+            *byte = (i * 31 % 256) as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let graph = FrozenGraph::open(dir.path(), "g", data_size).unwrap();
+        let by_id: HashMap<i64, &Vec<f32>> = vectors.iter().map(|(id, v)| (*id, v)).collect();
+        for (_, query) in vectors.iter().step_by(17) {
+            let found = graph.search(query, 5, 64, &|_| true);
+            assert_eq!(found.len(), 5);
+            for neighbour in found {
+                let exact = dot(query, by_id[&neighbour.id]);
+                assert!(
+                    (neighbour.similarity - exact).abs() < 1e-5,
+                    "{neighbour:?} {exact}"
+                );
+            }
         }
     }
 }

@@ -119,14 +119,25 @@ unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
         }
         i += STEP;
     }
+    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+    sum_lanes(sums) + tail
+}
+
+/// Returns the sum of every lane of four 8-lane registers.
+///
+/// # Safety
+/// The processor must support AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn sum_lanes(sums: [std::arch::x86_64::__m256; 4]) -> f32 {
+    use std::arch::x86_64::*;
     let total = _mm256_add_ps(
         _mm256_add_ps(sums[0], sums[1]),
         _mm256_add_ps(sums[2], sums[3]),
     );
     let mut lanes = [0.0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), total);
-    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
-    lanes.iter().sum::<f32>() + tail
+    lanes.iter().sum()
 }
 
 /// One search result.
@@ -292,6 +303,25 @@ impl AnnIndex {
             graph_digest,
             data_size,
             data_digest,
+        })
+    }
+
+    /// Writes the links file of the graph saved as `basename` in `dir`
+    /// again, for a graph loaded from a save whose links file is missing
+    /// or of an older version.
+    pub fn rewrite_links(&self, dir: &Path, basename: &str) -> Result<(), AnnError> {
+        // Written under another name and renamed, so that a reader never
+        // opens half a file.
+        let links = frozen::links_path(dir, basename);
+        let written = dir.join(format!(".{basename}.hnsw.links.new"));
+        frozen::write_links(
+            &self.hnsw,
+            &dir.join(format!("{basename}.hnsw.data")),
+            &written,
+        )?;
+        std::fs::rename(&written, &links).map_err(|source| AnnError::Io {
+            path: links.clone(),
+            source,
         })
     }
 
