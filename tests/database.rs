@@ -150,8 +150,8 @@ fn missing_or_damaged_hnsw_files_are_rebuilt() {
     std::fs::write(graph, vec![0x5a; length]).unwrap();
     assert_eq!(query(&database, &photos[3], 8), expected);
 
-    // A damaged links file, then a missing one: the graph is loaded from
-    // the other two files, and the links are written again.
+    // A damaged code at the end of the links file only steers the search,
+    // and the vectors still give every score.
     let links_file = |files: &[PathBuf]| {
         files
             .iter()
@@ -162,9 +162,19 @@ fn missing_or_damaged_hnsw_files_are_rebuilt() {
     let links = links_file(&hnsw_files(&database));
     let mut bytes = std::fs::read(&links).unwrap();
     let last = bytes.len() - 1;
-    bytes[last] ^= 1;
+    bytes[last] ^= 0xff;
     std::fs::write(&links, &bytes).unwrap();
     assert_eq!(query(&database, &photos[3], 8), expected);
+
+    // A damaged links array, then a missing links file: the graph is
+    // loaded from the other two files, and the links are written again.
+    bytes[100] ^= 1;
+    std::fs::write(&links, &bytes).unwrap();
+    assert_eq!(query(&database, &photos[3], 8), expected);
+    assert!(
+        std::fs::read(links_file(&hnsw_files(&database))).unwrap() != bytes,
+        "the damaged links file was replaced"
+    );
     std::fs::remove_file(links_file(&hnsw_files(&database))).unwrap();
     assert_eq!(query(&database, &photos[3], 8), expected);
     let files = hnsw_files(&database);
