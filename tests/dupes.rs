@@ -765,3 +765,57 @@ fn aligned_copies_join_burst_frames_apart() {
         "{output}"
     );
 }
+
+#[test]
+fn mirrored_copy_joins_its_frame_not_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    let photo = |name: &str| common::photos_dir().join(name);
+    for name in ["Speedway__P1040434.JPG", "Speedway__P1040435.JPG"] {
+        std::fs::copy(photo(name), folder.join(name)).unwrap();
+    }
+    // The next frame and this mirrored copy have a cosine similarity of
+    // 0.95, above the rule for pictures that do not line up.
+    let frame = image::open(photo("Speedway__P1040434.JPG"))
+        .unwrap()
+        .to_rgb8();
+    image::imageops::flip_horizontal(&frame)
+        .save(folder.join("mirrored.png"))
+        .unwrap();
+
+    let database = dir.path().join("index.db");
+    let (run, _) = common::index(&database, &[&folder]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let output = dupes_json(&database, &[]);
+    let expected: BTreeSet<String> = ["Speedway__P1040434.JPG", "mirrored.png"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(group_names(&output), vec![expected], "{output}");
+}
+
+#[test]
+fn flat_pictures_of_other_colours_stay_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("flat");
+    std::fs::create_dir(&folder).unwrap();
+    for (name, colour) in [
+        ("red.png", [200, 0, 0]),
+        ("blue.png", [0, 0, 200]),
+        ("green.png", [0, 160, 0]),
+    ] {
+        image::RgbImage::from_pixel(640, 480, image::Rgb(colour))
+            .save(folder.join(name))
+            .unwrap();
+    }
+    let database = dir.path().join("index.db");
+    let (run, _) = common::index(&database, &[&folder]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let output = dupes_json(&database, &[]);
+    assert_eq!(
+        group_names(&output),
+        Vec::<BTreeSet<String>>::new(),
+        "{output}"
+    );
+}

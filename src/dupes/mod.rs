@@ -280,11 +280,12 @@ pub fn find_groups(
     classify_unaligned(&mut compared);
     for link in &compared {
         tracing::debug!(
-            "pair {} {}: similarity {:.3}, residual {:?}, {}",
+            "pair {} {}: similarity {:.3}, residual at matched size {}, {}",
             display_path(&records[&link.first].path),
             display_path(&records[&link.second].path),
             link.similarity,
-            link.residual,
+            link.residual
+                .map_or_else(|| "none".to_string(), |r| format!("{r:.2}")),
             link.tier.name()
         );
     }
@@ -407,11 +408,27 @@ fn align_edited(
         } else {
             align::Search::TurnsOnly
         };
-        if let Some(found) = align::align(smaller, larger, search) {
+        let mut found = align::align(smaller, larger, search);
+        let mut mirrored = false;
+        // A mirrored copy lines up only once mirrored back. Mirroring is
+        // tried when nothing else lines up, and only for pairs close
+        // enough for the full search: burst frames mostly line up first.
+        let lined_up = |found: &Option<align::Alignment>| {
+            found.is_some_and(|found| found.residual <= LINED_UP)
+        };
+        if search == align::Search::Everything && !lined_up(&found) {
+            let flipped = align::align(&smaller.mirrored(), larger, search);
+            if flipped.is_some_and(|f| found.is_none_or(|found| f.residual < found.residual)) {
+                found = flipped;
+                mirrored = true;
+            }
+        }
+        if let Some(found) = found {
             tracing::debug!(
-                "pair {} {}: aligned at scale {:.3}, {:.2} degrees, residual {:.2}, block {:.2}",
+                "pair {} {}: aligned{} at scale {:.3}, {:.2} degrees, residual {:.2}, block {:.2}",
                 link.first,
                 link.second,
+                if mirrored { " mirrored" } else { "" },
                 found.scale,
                 found.angle,
                 found.residual,

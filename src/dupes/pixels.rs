@@ -72,6 +72,23 @@ impl Signature {
     }
 }
 
+impl Signature {
+    /// Returns the signature of the picture mirrored left to right. Its
+    /// pixel hash is the original's, since it is only compared by pixels.
+    pub fn mirrored(&self) -> Signature {
+        let width = self.width as usize;
+        let grey = self
+            .grey
+            .chunks_exact(width.max(1))
+            .flat_map(|row| row.iter().rev().copied())
+            .collect();
+        Signature {
+            grey,
+            ..self.clone()
+        }
+    }
+}
+
 /// Scales `width` x `height` down to fit `side` on the long side, keeping
 /// the aspect ratio; smaller images keep their size.
 fn fit_within(width: u32, height: u32, side: u32) -> (u32, u32) {
@@ -162,6 +179,12 @@ pub fn residual(first: &Signature, second: &Signature) -> Option<f32> {
         b = blur(&b, w, h);
     }
 
+    // A gain and offset fit turns any flat picture into any other, so
+    // pictures without detail are left to their embeddings.
+    if contrast(&a) < MIN_CONTRAST || contrast(&b) < MIN_CONTRAST {
+        return None;
+    }
+
     let mut best = f32::INFINITY;
     for dy in -MAX_SHIFT..=MAX_SHIFT {
         for dx in -MAX_SHIFT..=MAX_SHIFT {
@@ -169,6 +192,18 @@ pub fn residual(first: &Signature, second: &Signature) -> Option<f32> {
         }
     }
     Some(best)
+}
+
+/// Standard deviation, in grey levels, below which a picture counts as
+/// flat (one colour, or nearly). By estimate, it sits above the noise of a
+/// JPEG of one colour and below the detail of a photo, even of fog.
+const MIN_CONTRAST: f32 = 2.0;
+
+/// Returns the standard deviation of `values`.
+fn contrast(values: &[f32]) -> f32 {
+    let count = values.len().max(1) as f32;
+    let mean = values.iter().sum::<f32>() / count;
+    (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / count).sqrt()
 }
 
 /// Mean absolute residual of `b` shifted by (dx, dy) against `a` after the
@@ -291,6 +326,15 @@ mod tests {
             Signature::of(&photo).pixel_hash,
             Signature::of(&changed).pixel_hash
         );
+    }
+
+    #[test]
+    fn flat_pictures_are_not_compared() {
+        let flat = |colour: [u8; 3]| Signature::of(&RgbImage::from_pixel(640, 480, Rgb(colour)));
+        // Without the contrast check, red against blue scores 0.
+        assert!(residual(&flat([200, 0, 0]), &flat([0, 0, 200])).is_none());
+        assert!(residual(&flat([0, 0, 0]), &Signature::of(&scene(640, 480, 0))).is_none());
+        assert!(residual(&Signature::of(&scene(640, 480, 0)), &flat([9, 9, 9])).is_none());
     }
 
     #[test]
