@@ -334,7 +334,7 @@ const NEAR_CLIPPING: f32 = 200.0;
 
 /// Smallest share of the first picture's pixels that [`final_score`] counts
 /// for a band: what remains once the light pixels, the band and the fill
-/// margin are left out. A score on fewer says little.
+/// margin are left out. A score on fewer pixels is unreliable.
 const MIN_COUNTED: f32 = 0.25;
 
 /// Number of blocks per side of the grid in [`final_score`].
