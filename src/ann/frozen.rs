@@ -235,6 +235,33 @@ fn read_data_records(
     Ok((records, size, hasher.finalize().to_hex().to_string()))
 }
 
+/// Returns the cosine distance of two unit vectors, kept within [0, 2]
+/// against rounding, and 2 for a vector with NaN components. It is the
+/// graph's own distance, so similarities match those of a graph searched
+/// in memory to the last bit.
+fn distance(query: &[f32], vector: &[f32]) -> f32 {
+    let distance = 1.0 - dot(query, vector);
+    if distance.is_nan() {
+        2.0
+    } else {
+        distance.clamp(0.0, 2.0)
+    }
+}
+
+/// Maps the saved file at `path` into memory.
+fn map_saved_file(path: &Path) -> Result<Mmap, AnnError> {
+    let io_error = |source| AnnError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = crate::files::open_regular(path).map_err(io_error)?;
+    // SAFETY: saved files are never changed in place. A save writes new
+    // files under new names and removes the old ones, and a rewritten links
+    // file is renamed over the old one, which leaves an existing mapping
+    // intact.
+    unsafe { Mmap::map(&file) }.map_err(io_error)
+}
+
 /// The links file's content, checked.
 struct Links {
     dimension: usize,
@@ -273,16 +300,7 @@ impl FrozenGraph {
             path: path.to_path_buf(),
             reason: reason.to_string(),
         };
-        let file = crate::files::open_regular(&links).map_err(|source| AnnError::Io {
-            path: links.clone(),
-            source,
-        })?;
-        // SAFETY: as for the data file below, saved files are never changed
-        // in place.
-        let bytes = unsafe { Mmap::map(&file) }.map_err(|source| AnnError::Io {
-            path: links.clone(),
-            source,
-        })?;
+        let bytes = map_saved_file(&links)?;
         if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
             return Err(damaged(&links, "not an imgsim links file"));
         }
@@ -310,20 +328,10 @@ impl FrozenGraph {
         let checked = Links::parse(body, dimension, count, entry, data_size)
             .ok_or_else(|| damaged(&links, "inconsistent content"))?;
         if count.checked_mul(dimension) != Some(bytes.len() - codes_start) {
-            return Err(damaged(&links, "truncated"));
+            return Err(damaged(&links, "the codes do not match the point count"));
         }
 
-        let file = crate::files::open_regular(&data_path).map_err(|source| AnnError::Io {
-            path: data_path.clone(),
-            source,
-        })?;
-        // SAFETY: saved files are never changed in place. A save writes new
-        // files under new names and removes the old ones, which leaves an
-        // existing mapping intact.
-        let data = unsafe { Mmap::map(&file) }.map_err(|source| AnnError::Io {
-            path: data_path.clone(),
-            source,
-        })?;
+        let data = map_saved_file(&data_path)?;
         if data.len() as u64 != data_size || data.len() < DATA_HEADER_LEN as usize {
             return Err(damaged(
                 &data_path,
@@ -399,7 +407,7 @@ impl FrozenGraph {
     }
 
     /// Returns the distance between the query and `point` by its codes:
-    /// close to [`FrozenGraph::distance`], at a quarter of the bytes read.
+    /// close to the distance to its vector, at a quarter of the bytes read.
     fn coded_distance(&self, query: &CodedQuery, point: u32) -> f32 {
         1.0 - query.dot(self.codes(point))
     }
@@ -422,20 +430,6 @@ impl FrozenGraph {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = point;
-    }
-
-    fn distance(&self, query: &[f32], point: u32) -> f32 {
-        match self.vector(point) {
-            Some(vector) => {
-                let distance = 1.0 - dot(query, vector);
-                if distance.is_nan() {
-                    2.0
-                } else {
-                    distance.clamp(0.0, 2.0)
-                }
-            }
-            None => 2.0,
-        }
     }
 
     /// Walks greedily from the entry point down through the upper layers
@@ -515,13 +509,15 @@ impl FrozenGraph {
                 }
             }
         }
-        // The codes only ranked the points; the vectors give the scores.
+        // The codes only ranked the points, so the vectors give the scores.
         let mut found: Vec<Neighbour> = results
             .into_iter()
-            .filter(|scored| self.vector(scored.1).is_some())
-            .map(|Scored(_, point)| Neighbour {
-                id: self.links.ids[point as usize],
-                similarity: 1.0 - self.distance(query, point),
+            .filter_map(|Scored(_, point)| {
+                let vector = self.vector(point)?;
+                Some(Neighbour {
+                    id: self.links.ids[point as usize],
+                    similarity: 1.0 - distance(query, vector),
+                })
             })
             .collect();
         found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.id.cmp(&b.id)));

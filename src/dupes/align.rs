@@ -663,8 +663,8 @@ fn direction_correlation(first: &[f32], second: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Turns, in degrees, that [`likely_turns`] may return: only those beyond
-/// the coarse grid's angles, which that grid already covers.
+/// Smallest turn, in degrees, that [`likely_turns`] returns. The coarse
+/// grid's angles (up to 6 degrees) cover smaller ones.
 const MIN_TURN: f32 = 7.0;
 
 /// Angles around a likely turn tried by the coarse search, in degrees: the
@@ -672,7 +672,8 @@ const MIN_TURN: f32 = 7.0;
 /// a few degrees off.
 const TURN_OFFSETS: [f32; 5] = [-4.0, -2.0, 0.0, 2.0, 4.0];
 
-/// Likely turns returned at most.
+/// Correlation peaks that [`likely_turns`] considers, best first, before
+/// it drops those under [`MIN_TURN`].
 const MAX_TURNS: usize = 2;
 
 /// Starts of the coarse search around a likely turn that are climbed over
@@ -978,7 +979,8 @@ mod tests {
     #[test]
     fn quarter_turn_is_aligned() {
         // A picture turned clockwise by a quarter without an orientation
-        // tag: its long side becomes the short side, and is as long.
+        // tag: its long side turns upright and still matches the photo's
+        // long side, so the scale stays 1.
         let photo = scene(640, 480, 4);
         let turned = image::imageops::rotate90(&photo);
         let found = aligned(&photo, &turned, Search::TurnsOnly);

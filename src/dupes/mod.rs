@@ -408,22 +408,7 @@ fn align_edited(
         } else {
             align::Search::TurnsOnly
         };
-        let mut found = align::align(smaller, larger, search);
-        let mut mirrored = false;
-        // A mirrored copy lines up only once mirrored back. Mirroring is
-        // tried when nothing else lines up, and only for pairs close
-        // enough for the full search: burst frames mostly line up first.
-        let lined_up = |found: &Option<align::Alignment>| {
-            found.is_some_and(|found| found.residual <= LINED_UP)
-        };
-        if search == align::Search::Everything && !lined_up(&found) {
-            let flipped = align::align(&smaller.mirrored(), larger, search);
-            if flipped.is_some_and(|f| found.is_none_or(|found| f.residual < found.residual)) {
-                found = flipped;
-                mirrored = true;
-            }
-        }
-        if let Some(found) = found {
+        if let Some((found, mirrored)) = align_or_mirror(smaller, larger, search) {
             tracing::debug!(
                 "pair {} {}: aligned{} at scale {:.3}, {:.2} degrees, residual {:.2}, block {:.2}",
                 link.first,
@@ -442,6 +427,31 @@ fn align_edited(
         }
     });
     count
+}
+
+/// Aligns `smaller` onto `larger` and, when they do not line up, tries
+/// again with `smaller` mirrored, since a mirrored copy lines up only once
+/// mirrored back. Mirroring is left out of the search for turns alone, and
+/// burst frames mostly line up at the first try. Returns the better
+/// alignment and whether it was mirrored.
+fn align_or_mirror(
+    smaller: &Signature,
+    larger: &Signature,
+    search: align::Search,
+) -> Option<(align::Alignment, bool)> {
+    let found = align::align(smaller, larger, search);
+    let lined_up = found.is_some_and(|found| found.residual <= LINED_UP);
+    if search == align::Search::TurnsOnly || lined_up {
+        return found.map(|found| (found, false));
+    }
+    let mirrored = align::align(&smaller.mirrored(), larger, search);
+    match (found, mirrored) {
+        (Some(found), Some(mirrored)) if mirrored.residual < found.residual => {
+            Some((mirrored, true))
+        }
+        (None, Some(mirrored)) => Some((mirrored, true)),
+        (found, _) => found.map(|found| (found, false)),
+    }
 }
 
 /// Links every pair of images with the same file fingerprint.
