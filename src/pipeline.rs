@@ -36,8 +36,6 @@ const BATCHES_IN_FLIGHT: usize = 2;
 #[derive(Debug, Clone)]
 pub struct IndexSettings {
     pub batch_size: usize,
-    /// Threads that each decode and embed whole batches.
-    pub workers: usize,
     pub decode: DecodeOptions,
     pub scan: ScanOptions,
     /// Plan only: report what would change, write nothing.
@@ -107,18 +105,20 @@ pub enum PipelineError {
     Model(#[from] ModelError),
 }
 
-/// A file decoded and preprocessed, ready for inference.
+/// A file decoded and preprocessed, whose input tensor is in the worker's
+/// batch buffer, ready for inference.
 struct Prepared {
     item: ToEmbed,
     width: u32,
     height: u32,
     format: String,
     animated: bool,
-    tensor: Vec<f32>,
 }
 
 /// Indexes every image under `roots` into `store`, stopping after the
-/// current batch once `cancel` is set.
+/// current batch once `cancel` is set. Each of `embedders`, sessions of one
+/// model, serves one worker thread that decodes and embeds whole batches;
+/// there must be at least one.
 ///
 /// # Errors
 /// Unreadable files are not errors: they are counted in
@@ -127,7 +127,7 @@ struct Prepared {
 /// stay committed.
 pub fn index_roots(
     store: &mut Store,
-    embedder: &Embedder,
+    embedders: Vec<Embedder>,
     roots: &[PathBuf],
     settings: &IndexSettings,
     observer: &dyn IndexObserver,
@@ -192,7 +192,7 @@ pub fn index_roots(
     observer.start(to_embed.len());
     embed_all(
         store,
-        embedder,
+        embedders,
         to_embed,
         settings,
         observer,
@@ -219,15 +219,15 @@ fn record_failure(
     report.failures.push(failure);
 }
 
-/// Runs `settings.workers` worker threads, each with its own one-thread
-/// session of the model: worker `w` decodes and embeds batches `w`,
+/// Runs one worker thread per session in `embedders`, at most one per
+/// batch: worker `w` decodes and embeds batches `w`,
 /// `w + workers`, and so on, while this thread commits the finished batches
 /// in file order. Separate sessions keep a worker from waiting on another
 /// core in the middle of an operator, as ONNX Runtime's intra-op threads
 /// do when decoding takes a core from them.
 fn embed_all(
     store: &mut Store,
-    template: &Embedder,
+    mut embedders: Vec<Embedder>,
     to_embed: Vec<ToEmbed>,
     settings: &IndexSettings,
     observer: &dyn IndexObserver,
@@ -240,8 +240,9 @@ fn embed_all(
         // Nothing to decode, so no worker needs to load a session.
         return Ok(());
     }
-    let workers = settings.workers.clamp(1, batches.len());
-    let preprocessing = template.preprocessing().clone();
+    let workers = embedders.len().min(batches.len());
+    embedders.truncate(workers);
+    let preprocessing = embedders[0].preprocessing().clone();
     let decode_options = DecodeOptions::for_side(
         settings.decode.max_pixels,
         preprocessing.width.min(preprocessing.height),
@@ -249,7 +250,7 @@ fn embed_all(
     let decoded = AtomicUsize::new(0);
     let result = std::thread::scope(|scope| {
         let mut receivers = Vec::with_capacity(workers);
-        for worker in 0..workers {
+        for (worker, embedder) in embedders.into_iter().enumerate() {
             let (sender, receiver) =
                 sync_channel::<Result<Embedded, ModelError>>(BATCHES_IN_FLIGHT);
             receivers.push(receiver);
@@ -261,7 +262,7 @@ fn embed_all(
                 cancel,
                 decoded: &decoded,
             };
-            scope.spawn(move || run_worker(&context, template, worker, workers, &sender));
+            scope.spawn(move || run_worker(&context, embedder, worker, workers, &sender));
         }
         let mut committed = 0;
         for index in 0..batches.len() {
@@ -303,38 +304,42 @@ struct WorkerContext<'a> {
 /// gone, or after sending a model error.
 fn run_worker(
     context: &WorkerContext,
-    template: &Embedder,
+    mut embedder: Embedder,
     worker: usize,
     workers: usize,
     sender: &SyncSender<Result<Embedded, ModelError>>,
 ) {
-    let mut embedder = match template.replica(1) {
-        Ok(embedder) => embedder,
-        Err(error) => {
-            // The main thread reports the error. When it has stopped
-            // already, only this line records it.
-            tracing::debug!("index worker {worker}: cannot load the model: {error}");
-            let _ = sender.send(Err(error));
-            return;
-        }
-    };
+    // Files are preprocessed straight into this buffer, one input tensor
+    // after the other, and it is reused by every batch: a fresh buffer per
+    // file or batch cost measurable time in zeroing, copying and page faults.
+    let tensor_len = context.preprocessing.tensor_len();
+    let mut tensors: Vec<f32> = Vec::new();
     for batch in context.batches.iter().skip(worker).step_by(workers) {
         if context.cancel.load(Ordering::SeqCst) {
             break;
         }
         context.decoded.fetch_add(batch.len(), Ordering::Relaxed);
-        let results = batch
-            .iter()
-            .map(|item| {
-                prepare_one(
-                    item,
-                    context.decode,
-                    context.preprocessing,
-                    context.observer,
-                )
-            })
-            .collect();
-        let embedded = embed_batch(&mut embedder, batch, results);
+        tensors.resize(batch.len() * tensor_len, 0.0);
+        let mut filled = 0;
+        let mut results = Vec::with_capacity(batch.len());
+        for item in batch.iter() {
+            let slot = &mut tensors[filled * tensor_len..(filled + 1) * tensor_len];
+            let result = prepare_one(
+                item,
+                context.decode,
+                context.preprocessing,
+                context.observer,
+                slot,
+            );
+            filled += usize::from(result.is_ok());
+            results.push(result);
+        }
+        let embedded = embed_batch(
+            &mut embedder,
+            batch,
+            results,
+            &tensors[..filled * tensor_len],
+        );
         let failed = embedded.is_err();
         if sender.send(embedded).is_err() || failed {
             break;
@@ -358,11 +363,14 @@ fn one_line(reason: &str) -> String {
     reason.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Decodes one file and writes its input tensor into `tensor`, which is
+/// left partly written when preprocessing fails.
 fn prepare_one(
     item: &ToEmbed,
     options: &DecodeOptions,
     preprocessing: &Preprocessing,
     observer: &dyn IndexObserver,
+    tensor: &mut [f32],
 ) -> Result<Prepared, Failure> {
     let candidate = &item.candidate;
     let decode_failure = |reason: String| Failure {
@@ -378,9 +386,8 @@ fn prepare_one(
     for warning in &decoded.warnings {
         observer.warning(&candidate.path, warning);
     }
-    let mut tensor = vec![0.0; preprocessing.tensor_len()];
     preprocessing
-        .fill_tensor(&decoded.pixels, &mut tensor)
+        .fill_tensor(&decoded.pixels, tensor)
         .map_err(|error| Failure {
             path: candidate.path.clone(),
             stage: Stage::Preprocess,
@@ -392,7 +399,6 @@ fn prepare_one(
         height: decoded.height,
         format: decoded.format,
         animated: decoded.animated,
-        tensor,
     })
 }
 
@@ -412,10 +418,13 @@ struct Embedded {
 
 /// Embeds the prepared files of one batch. Each vector stays paired with
 /// the file it came from because rows and files are collected together.
+/// Embeds the prepared files of `results`, whose input tensors `tensors`
+/// holds back to back in the same order.
 fn embed_batch(
     embedder: &mut Embedder,
     batch: &[ToEmbed],
     results: Vec<Result<Prepared, Failure>>,
+    tensors: &[f32],
 ) -> Result<Embedded, ModelError> {
     let replaced: HashSet<&PathBuf> = batch
         .iter()
@@ -436,11 +445,7 @@ fn embed_batch(
             }
         }
     }
-    let mut tensors = Vec::with_capacity(prepared.len() * embedder.preprocessing().tensor_len());
-    for item in &prepared {
-        tensors.extend_from_slice(&item.tensor);
-    }
-    let vectors = embedder.embed(&tensors, prepared.len())?;
+    let vectors = embedder.embed(tensors, prepared.len())?;
     let changed = prepared.iter().filter(|p| p.item.replaces).count();
     let images = prepared
         .into_iter()
@@ -493,7 +498,8 @@ fn commit_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelSource;
+    use crate::model::input::InputSettings;
+    use crate::model::{ModelSource, TapOptions};
 
     /// Observer that sets the cancel flag when the decoding starts, as a
     /// Ctrl-C right after planning does.
@@ -520,11 +526,17 @@ mod tests {
                 .unwrap();
         }
         let mut store = Store::open_in_memory().unwrap();
-        let embedder = Embedder::load(&ModelSource::Default, 1).unwrap();
-        store.bind_model(embedder.identity()).unwrap();
+        let embedders = Embedder::load_sessions(
+            &ModelSource::Default,
+            &TapOptions::default(),
+            &InputSettings::default(),
+            1,
+            2,
+        )
+        .unwrap();
+        store.bind_model(embedders[0].identity()).unwrap();
         let settings = IndexSettings {
             batch_size: 1,
-            workers: 2,
             decode: DecodeOptions::default(),
             scan: ScanOptions::default(),
             dry_run: false,
@@ -533,7 +545,7 @@ mod tests {
 
         let report = index_roots(
             &mut store,
-            &embedder,
+            embedders,
             &[dir.path().to_path_buf()],
             &settings,
             &CancelAtStart(&cancel),

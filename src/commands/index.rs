@@ -61,16 +61,22 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
         None => None,
     };
     super::configure_threads(global);
-    // The workers of the run load their own sessions from this one, which
-    // only checks the model and the database.
-    let embedder = super::load_embedder(global, 1)?;
+    // One one-thread session per worker thread; a dry run only checks the
+    // model and the database.
+    let workers = if args.dry_run {
+        1
+    } else {
+        global.thread_count()
+    };
+    let embedders = super::load_sessions(global, 1, workers)?;
+    let identity = embedders[0].identity().clone();
     let mut store = if !args.dry_run {
         let mut store = Store::open(&database, OpenMode::CreateIfMissing)?;
-        store.bind_model(embedder.identity())?;
+        store.bind_model(&identity)?;
         store
     } else if database.exists() {
         let store = Store::open(&database, OpenMode::ReadOnly)?;
-        store.check_model(embedder.identity())?;
+        store.check_model(&identity)?;
         store
     } else {
         Store::open_in_memory()?
@@ -79,7 +85,6 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     let cancel = install_interrupt_handler()?;
     let settings = IndexSettings {
         batch_size: args.batch_size,
-        workers: global.thread_count(),
         decode: DecodeOptions {
             max_pixels: args.max_pixels,
             reduce_to: None,
@@ -96,7 +101,7 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     };
     let report = index_roots(
         &mut store,
-        &embedder,
+        embedders,
         &args.paths,
         &settings,
         &observer,
@@ -114,7 +119,7 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
             ef_construction: args.hnsw.ef_construction,
             ..AnnParams::default()
         };
-        let freshness = ann_cache::refresh(&mut store, embedder.identity().dimension, &params)?;
+        let freshness = ann_cache::refresh(&mut store, identity.dimension, &params)?;
         if let Freshness::Rebuilt { reason } = freshness {
             tracing::debug!("HNSW index rebuilt: {reason}");
         }

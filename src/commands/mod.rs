@@ -36,6 +36,17 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
 
 /// Loads the model that `global` names, with `threads` intra-op threads.
 fn load_embedder(global: &GlobalArgs, threads: usize) -> anyhow::Result<Embedder> {
+    let mut sessions = load_sessions(global, threads, 1)?;
+    Ok(sessions.remove(0))
+}
+
+/// Loads `count` sessions of the model chosen by the options, each with
+/// `threads` intra-op threads.
+fn load_sessions(
+    global: &GlobalArgs,
+    threads: usize,
+    count: usize,
+) -> anyhow::Result<Vec<Embedder>> {
     let model = global.model_path();
     let source = match (&model, global.precision) {
         (Some(path), Precision::Float32) => ModelSource::File(path.clone()),
@@ -60,13 +71,14 @@ fn load_embedder(global: &GlobalArgs, threads: usize) -> anyhow::Result<Embedder
         global.input.preprocess.as_deref(),
         &global.input.settings(),
     )?;
-    let embedder = Embedder::load_with(&source, &tap, &input, threads)?;
+    let sessions = Embedder::load_sessions(&source, &tap, &input, threads, count)?;
+    let identity = sessions[0].identity();
     tracing::info!(
         "model {}, preprocessing: {}",
-        embedder.identity().name,
-        embedder.identity().preprocessing
+        identity.name,
+        identity.preprocessing
     );
-    Ok(embedder)
+    Ok(sessions)
 }
 
 /// Sizes the global rayon pool used for decoding; called once, before any

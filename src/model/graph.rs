@@ -173,6 +173,20 @@ pub fn first_input(graph: &GraphProto) -> Option<(&str, Option<Vec<Option<i64>>>
     Some((input.name.as_str(), shape_of(input)))
 }
 
+/// Returns the declared shape of graph output `name` for a batch of one
+/// image, or `None` unless it is an output whose dimensions after the first
+/// are all declared.
+pub fn declared_shape(graph: &GraphProto, name: &str) -> Option<Vec<usize>> {
+    let output = graph.output.iter().find(|output| output.name == name)?;
+    let dims = shape_of(output)?;
+    let (_, rest) = dims.split_first()?;
+    let rest: Option<Vec<usize>> = rest
+        .iter()
+        .map(|dim| dim.and_then(|d| usize::try_from(d).ok()).filter(|&d| d > 0))
+        .collect();
+    Some([vec![1], rest?].concat())
+}
+
 fn shape_of(info: &ValueInfoProto) -> Option<Vec<Option<i64>>> {
     let shape = info.r#type.as_ref()?.tensor_type.as_ref()?.shape.as_ref()?;
     Some(shape.dim.iter().map(|dim| dim.dim_value).collect())
@@ -238,6 +252,23 @@ mod tests {
         assert_eq!(merged.node.len(), graph.node.len());
         let names: Vec<&str> = merged.output.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(names, ["embedding", pool.input[0].as_str()]);
+    }
+
+    #[test]
+    fn declared_shape_needs_known_dimensions() {
+        let graph = read_graph(crate::model::DEFAULT_MODEL_BYTES).unwrap();
+        assert_eq!(declared_shape(&graph, "embedding"), Some(vec![1, 1280]));
+
+        let pool = graph
+            .node
+            .iter()
+            .find(|node| node.op_type == "GlobalAveragePool")
+            .unwrap();
+        assert_eq!(declared_shape(&graph, &pool.input[0]), None);
+
+        let extended = with_extra_output(crate::model::DEFAULT_MODEL_BYTES, &pool.input[0]);
+        let merged = read_graph(&extended).unwrap();
+        assert_eq!(declared_shape(&merged, &pool.input[0]), None);
     }
 
     #[test]

