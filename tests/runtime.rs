@@ -87,3 +87,27 @@ fn file_that_is_not_a_library() {
     assert!(result.stderr.contains("1.31"), "{}", result.stderr);
     assert!(!result.stderr.contains("panicked"), "{}", result.stderr);
 }
+
+#[test]
+fn no_telemetry_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let library = imgsim::model::runtime::locate_library().unwrap();
+    let result = common::imgsim(&dir.path().join("db.sqlite"))
+        .arg("index")
+        .arg(&common::photo_thumbnail_pairs()[0].0)
+        .env("ORT_DYLIB_PATH", &library)
+        .env("HOME", &home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("ORT_DISABLE_TELEMETRY")
+        .output()
+        .unwrap();
+    let result = common::Run::from(result);
+    assert_eq!(result.status, 0, "{}", result.stderr);
+    // Where ONNX Runtime 1.31 keeps the events it means to send.
+    let store = home.join(".cache/Microsoft/DeveloperTools/.onnxruntime");
+    assert!(!store.exists(), "telemetry written to {}", store.display());
+    let entries: Vec<_> = std::fs::read_dir(&home).unwrap().collect();
+    assert!(entries.is_empty(), "files written to HOME: {entries:?}");
+}

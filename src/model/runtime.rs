@@ -82,6 +82,9 @@ fn library_candidates() -> Vec<PathBuf> {
     candidates
 }
 
+/// Environment variable that turns off ONNX Runtime's telemetry.
+pub const TELEMETRY_VARIABLE: &str = "ORT_DISABLE_TELEMETRY";
+
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 static ENVIRONMENT_INIT: Mutex<()> = Mutex::new(());
 
@@ -95,11 +98,22 @@ pub fn environment() -> Result<&'static Environment, RuntimeError> {
     }
     let library = locate_library()?;
     tracing::debug!("loading ONNX Runtime from {}", library.display());
+    // Microsoft's builds of ONNX Runtime 1.31 for Linux collect telemetry
+    // (the executable's path, the processor, the operating system) in
+    // ~/.cache/Microsoft/DeveloperTools/.onnxruntime to send it to
+    // Microsoft. Disabling it through the API still records one event when
+    // the environment is created, and this variable records none. It is set
+    // before the library is loaded, so no thread of it can read the
+    // environment meanwhile, and a value the user set is kept.
+    if std::env::var_os(TELEMETRY_VARIABLE).is_none() {
+        std::env::set_var(TELEMETRY_VARIABLE, "1");
+    }
     let builder = ort::init_from(&library).map_err(|error| RuntimeError::Load {
         message: error.to_string(),
     })?;
     let environment = builder
         .with_name("imgsim")
+        .with_telemetry(false)
         .build()
         .map_err(|error| RuntimeError::Environment(error.to_string()))?;
     Ok(ENVIRONMENT.get_or_init(|| environment))
