@@ -51,6 +51,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# The onnxruntime wheel collects telemetry unless this is set before it
+# loads; imgsim sets it too, so both sides run the same library code.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 try:
     import numpy as np
     import onnxruntime
