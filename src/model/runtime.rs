@@ -85,6 +85,23 @@ fn library_candidates() -> Vec<PathBuf> {
 /// Environment variable that turns off ONNX Runtime's telemetry.
 pub const TELEMETRY_VARIABLE: &str = "ORT_DISABLE_TELEMETRY";
 
+/// Sets [`TELEMETRY_VARIABLE`] to 1 unless the user has set it.
+///
+/// Microsoft's builds of ONNX Runtime 1.31 for Linux collect telemetry
+/// (the executable's path, the processor, the operating system) in
+/// ~/.cache/Microsoft/DeveloperTools/.onnxruntime to send it to Microsoft.
+/// Disabling it through the API still records one event when the
+/// environment is created, and this variable records none. Changing the
+/// process environment races with C code that reads it on other threads,
+/// so the binary calls this first thing in `main`; [`environment`] calls it
+/// again, before the library is loaded, for programs that use the library
+/// crate.
+pub fn turn_off_telemetry() {
+    if std::env::var_os(TELEMETRY_VARIABLE).is_none() {
+        std::env::set_var(TELEMETRY_VARIABLE, "1");
+    }
+}
+
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 static ENVIRONMENT_INIT: Mutex<()> = Mutex::new(());
 
@@ -98,16 +115,7 @@ pub fn environment() -> Result<&'static Environment, RuntimeError> {
     }
     let library = locate_library()?;
     tracing::debug!("loading ONNX Runtime from {}", library.display());
-    // Microsoft's builds of ONNX Runtime 1.31 for Linux collect telemetry
-    // (the executable's path, the processor, the operating system) in
-    // ~/.cache/Microsoft/DeveloperTools/.onnxruntime to send it to
-    // Microsoft. Disabling it through the API still records one event when
-    // the environment is created, and this variable records none. It is set
-    // before the library is loaded, so no thread of it can read the
-    // environment meanwhile, and a value the user set is kept.
-    if std::env::var_os(TELEMETRY_VARIABLE).is_none() {
-        std::env::set_var(TELEMETRY_VARIABLE, "1");
-    }
+    turn_off_telemetry();
     let builder = ort::init_from(&library).map_err(|error| RuntimeError::Load {
         message: error.to_string(),
     })?;
