@@ -17,12 +17,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::decode::{decode_file, DecodeOptions};
-use crate::model::{Embedder, ModelError};
+use crate::decode::{decode_bytes, read_file, DecodeOptions};
+use crate::model::{Embedder, EmbedderSpec, ModelError};
 use crate::plan::{plan_run, Plan, ToEmbed};
 use crate::preprocess::Preprocessing;
 use crate::scan::{scan_roots_until, ScanOptions};
-use crate::store::{NewImage, Store, StoreError};
+use crate::store::{Fingerprint, NewImage, Store, StoreError};
 
 /// Default number of images per inference batch and per transaction. On 2
 /// cores, batches of 4 ran faster than batches of 8 or 16 and took less
@@ -36,6 +36,8 @@ const BATCHES_IN_FLIGHT: usize = 2;
 #[derive(Debug, Clone)]
 pub struct IndexSettings {
     pub batch_size: usize,
+    /// Threads that each decode and embed whole batches.
+    pub workers: usize,
     pub decode: DecodeOptions,
     pub scan: ScanOptions,
     /// Plan only: report what would change, write nothing.
@@ -109,6 +111,8 @@ pub enum PipelineError {
 /// batch buffer, ready for inference.
 struct Prepared {
     item: ToEmbed,
+    /// BLAKE3 of the bytes decoded.
+    fingerprint: Fingerprint,
     width: u32,
     height: u32,
     format: String,
@@ -116,9 +120,9 @@ struct Prepared {
 }
 
 /// Indexes every image under `roots` into `store`, stopping after the
-/// current batch once `cancel` is set. Each of `embedders`, sessions of one
-/// model, serves one worker thread that decodes and embeds whole batches;
-/// there must be at least one.
+/// current batch once `cancel` is set. `embedder`, a one-thread session,
+/// serves the first worker thread; the others load their own sessions of
+/// the same model.
 ///
 /// # Errors
 /// Unreadable files are not errors: they are counted in
@@ -127,7 +131,7 @@ struct Prepared {
 /// stay committed.
 pub fn index_roots(
     store: &mut Store,
-    embedders: Vec<Embedder>,
+    embedder: Embedder,
     roots: &[PathBuf],
     settings: &IndexSettings,
     observer: &dyn IndexObserver,
@@ -192,7 +196,7 @@ pub fn index_roots(
     observer.start(to_embed.len());
     embed_all(
         store,
-        embedders,
+        embedder,
         to_embed,
         settings,
         observer,
@@ -219,15 +223,15 @@ fn record_failure(
     report.failures.push(failure);
 }
 
-/// Runs one worker thread per session in `embedders`, at most one per
-/// batch: worker `w` decodes and embeds batches `w`,
+/// Runs `settings.workers` worker threads, at most one per batch, each
+/// with its own one-thread session of the model: worker `w` decodes and embeds batches `w`,
 /// `w + workers`, and so on, while this thread commits the finished batches
 /// in file order. Separate sessions keep a worker from waiting on another
 /// core in the middle of an operator, as ONNX Runtime's intra-op threads
 /// do when decoding takes a core from them.
 fn embed_all(
     store: &mut Store,
-    mut embedders: Vec<Embedder>,
+    embedder: Embedder,
     to_embed: Vec<ToEmbed>,
     settings: &IndexSettings,
     observer: &dyn IndexObserver,
@@ -240,9 +244,10 @@ fn embed_all(
         // Nothing to decode, so no worker needs to load a session.
         return Ok(());
     }
-    let workers = embedders.len().min(batches.len());
-    embedders.truncate(workers);
-    let preprocessing = embedders[0].preprocessing().clone();
+    let workers = settings.workers.clamp(1, batches.len());
+    let spec = embedder.spec();
+    let mut first = Some(embedder);
+    let preprocessing = spec.preprocessing().clone();
     let decode_options = DecodeOptions::for_side(
         settings.decode.max_pixels,
         preprocessing.width.min(preprocessing.height),
@@ -250,7 +255,7 @@ fn embed_all(
     let decoded = AtomicUsize::new(0);
     let result = std::thread::scope(|scope| {
         let mut receivers = Vec::with_capacity(workers);
-        for (worker, embedder) in embedders.into_iter().enumerate() {
+        for worker in 0..workers {
             let (sender, receiver) =
                 sync_channel::<Result<Embedded, ModelError>>(BATCHES_IN_FLIGHT);
             receivers.push(receiver);
@@ -262,7 +267,11 @@ fn embed_all(
                 cancel,
                 decoded: &decoded,
             };
-            scope.spawn(move || run_worker(&context, embedder, worker, workers, &sender));
+            let session = match first.take() {
+                Some(embedder) => WorkerSession::Loaded(embedder),
+                None => WorkerSession::FromSpec(&spec),
+            };
+            scope.spawn(move || run_worker(&context, session, worker, workers, &sender));
         }
         let mut committed = 0;
         for index in 0..batches.len() {
@@ -302,13 +311,34 @@ struct WorkerContext<'a> {
 /// Decodes and embeds every `workers`-th batch, starting at `worker`, and
 /// sends each result on `sender`. Stops at Ctrl-C, when the receiver is
 /// gone, or after sending a model error.
+/// The model session of a worker: the one loaded for the run, or one the
+/// worker loads itself, in parallel with the others.
+enum WorkerSession<'a> {
+    Loaded(Embedder),
+    FromSpec(&'a EmbedderSpec),
+}
+
 fn run_worker(
     context: &WorkerContext,
-    mut embedder: Embedder,
+    session: WorkerSession,
     worker: usize,
     workers: usize,
     sender: &SyncSender<Result<Embedded, ModelError>>,
 ) {
+    let loaded = match session {
+        WorkerSession::Loaded(embedder) => Ok(embedder),
+        WorkerSession::FromSpec(spec) => spec.load(1),
+    };
+    let mut embedder = match loaded {
+        Ok(embedder) => embedder,
+        Err(error) => {
+            // The main thread reports the error. When it has stopped
+            // already, only this line records it.
+            tracing::debug!("index worker {worker}: cannot load the model: {error}");
+            let _ = sender.send(Err(error));
+            return;
+        }
+    };
     // Files are preprocessed straight into this buffer, one input tensor
     // after the other, and it is reused by every batch: a fresh buffer per
     // file or batch cost measurable time in zeroing, copying and page faults.
@@ -378,9 +408,15 @@ fn prepare_one(
         stage: Stage::Decode,
         reason: one_line(&reason),
     };
+    let bytes =
+        read_file(&candidate.path, options).map_err(|error| decode_failure(error.reason()))?;
+    let fingerprint = match item.fingerprint {
+        Some(fingerprint) => fingerprint,
+        None => *blake3::hash(&bytes).as_bytes(),
+    };
     // The image crate reports some allocation failures by panicking; one
     // such file must not end the run.
-    let decoded = std::panic::catch_unwind(|| decode_file(&candidate.path, options))
+    let decoded = std::panic::catch_unwind(|| decode_bytes(&candidate.path, &bytes, options))
         .map_err(|panic| decode_failure(format!("decoder failed: {}", panic_message(&panic))))?
         .map_err(|error| decode_failure(error.reason()))?;
     for warning in &decoded.warnings {
@@ -395,6 +431,7 @@ fn prepare_one(
         })?;
     Ok(Prepared {
         item: item.clone(),
+        fingerprint,
         width: decoded.width,
         height: decoded.height,
         format: decoded.format,
@@ -416,10 +453,10 @@ struct Embedded {
     stale: Vec<PathBuf>,
 }
 
-/// Embeds the prepared files of one batch. Each vector stays paired with
-/// the file it came from because rows and files are collected together.
-/// Embeds the prepared files of `results`, whose input tensors `tensors`
-/// holds back to back in the same order.
+/// Embeds the prepared files of one batch, whose input tensors `tensors`
+/// holds back to back in the order of `results`. Each vector stays paired
+/// with the file it came from because rows and files are collected
+/// together.
 fn embed_batch(
     embedder: &mut Embedder,
     batch: &[ToEmbed],
@@ -453,7 +490,7 @@ fn embed_batch(
         .map(|(prepared, vector)| NewImage {
             path: prepared.item.candidate.path,
             state: prepared.item.candidate.state,
-            fingerprint: Some(prepared.item.fingerprint),
+            fingerprint: Some(prepared.fingerprint),
             width: prepared.width,
             height: prepared.height,
             format: prepared.format,
@@ -498,8 +535,7 @@ fn commit_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::input::InputSettings;
-    use crate::model::{ModelSource, TapOptions};
+    use crate::model::ModelSource;
 
     /// Observer that sets the cancel flag when the decoding starts, as a
     /// Ctrl-C right after planning does.
@@ -526,17 +562,11 @@ mod tests {
                 .unwrap();
         }
         let mut store = Store::open_in_memory().unwrap();
-        let embedders = Embedder::load_sessions(
-            &ModelSource::Default,
-            &TapOptions::default(),
-            &InputSettings::default(),
-            1,
-            2,
-        )
-        .unwrap();
-        store.bind_model(embedders[0].identity()).unwrap();
+        let embedder = Embedder::load(&ModelSource::Default, 1).unwrap();
+        store.bind_model(embedder.identity()).unwrap();
         let settings = IndexSettings {
             batch_size: 1,
+            workers: 2,
             decode: DecodeOptions::default(),
             scan: ScanOptions::default(),
             dry_run: false,
@@ -545,7 +575,7 @@ mod tests {
 
         let report = index_roots(
             &mut store,
-            embedders,
+            embedder,
             &[dir.path().to_path_buf()],
             &settings,
             &CancelAtStart(&cancel),

@@ -11,6 +11,11 @@
 //! - otherwise the file is decoded and embedded (added, or changed when its
 //!   path was indexed before).
 //!
+//! A file whose size differs from that of every stored row cannot have the
+//! content of one. It is only opened here, to report unreadable files
+//! before decoding starts. The index worker then fingerprints the bytes it
+//! reads for decoding, so each new file is read once.
+//!
 //! A row is gone when its path lies under a folder root walked in this run
 //! and the file no longer exists there. Rows under roots not walked this
 //! time are left alone, since drives come and go. So is every row under a
@@ -32,7 +37,9 @@ use crate::store::{Change, Fingerprint, StoredFile};
 #[derive(Debug, Clone)]
 pub struct ToEmbed {
     pub candidate: Candidate,
-    pub fingerprint: Fingerprint,
+    /// `None` when the plan did not need it: the file is fingerprinted when
+    /// it is read for decoding.
+    pub fingerprint: Option<Fingerprint>,
     /// Set when the path was indexed before with other content.
     pub replaces: bool,
 }
@@ -108,7 +115,12 @@ pub fn plan_run(
         }
     }
 
-    let fingerprinted: Vec<_> = work
+    let stored_sizes: HashSet<u64> = stored
+        .values()
+        .filter(|row| row.fingerprint.is_some())
+        .map(|row| row.state.file_size)
+        .collect();
+    let fingerprinted: Vec<std::io::Result<Option<Fingerprint>>> = work
         .par_iter()
         .map(|(candidate, _)| {
             if cancel.load(Ordering::SeqCst) {
@@ -124,7 +136,11 @@ pub fn plan_run(
                 );
                 return Err(std::io::Error::new(ErrorKind::FileTooLarge, message));
             }
-            fingerprint_file(&candidate.path)
+            if stored_sizes.contains(&size) {
+                fingerprint_file(&candidate.path).map(Some)
+            } else {
+                crate::files::open_regular(&candidate.path).map(|_| None)
+            }
         })
         .collect();
     if cancel.load(Ordering::SeqCst) {
@@ -156,7 +172,15 @@ pub fn plan_run(
     let mut claimed = HashSet::new();
     for ((candidate, previous), fingerprint) in work.into_iter().zip(fingerprinted) {
         let fingerprint = match fingerprint {
-            Ok(fingerprint) => fingerprint,
+            Ok(Some(fingerprint)) => fingerprint,
+            Ok(None) => {
+                plan.to_embed.push(ToEmbed {
+                    candidate: candidate.clone(),
+                    fingerprint: None,
+                    replaces: previous.is_some(),
+                });
+                continue;
+            }
             Err(error) => {
                 plan.read_failures.push(ReadFailure {
                     path: candidate.path.clone(),
@@ -252,7 +276,7 @@ fn classify(
     // decoded; copies are only matched against rows already stored.
     plan.to_embed.push(ToEmbed {
         candidate: candidate.clone(),
-        fingerprint,
+        fingerprint: Some(fingerprint),
         replaces: previous.is_some(),
     });
 }
@@ -319,16 +343,38 @@ mod tests {
     }
 
     #[test]
-    fn new_file_is_fingerprinted_and_embedded() {
+    fn new_file_of_new_size_is_hashed_later() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jpg"), b"bytes").unwrap();
         let scan = scan_roots(&[dir.path().to_path_buf()], &ScanOptions::default());
         let plan = plan_run(&scan, &HashMap::new(), u64::MAX, &AtomicBool::new(false)).unwrap();
         assert_eq!(plan.to_embed.len(), 1);
         assert_eq!(plan.added(), 1);
+        assert_eq!(plan.to_embed[0].fingerprint, None);
+    }
+
+    #[test]
+    fn new_file_of_stored_size_is_fingerprinted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jpg"), b"bytes").unwrap();
+        let scan = scan_roots(&[dir.path().to_path_buf()], &ScanOptions::default());
+        let other = StoredFile {
+            id: 1,
+            state: crate::store::FileState {
+                file_size: 5,
+                modified_ns: 0,
+            },
+            fingerprint: Some(*blake3::hash(b"other").as_bytes()),
+        };
+        let outside = dir.path().parent().unwrap().join("elsewhere.jpg");
+        let stored = HashMap::from([(path_to_bytes(&outside), other)]);
+
+        let plan = plan_run(&scan, &stored, u64::MAX, &AtomicBool::new(false)).unwrap();
+
+        assert_eq!(plan.to_embed.len(), 1);
         assert_eq!(
             plan.to_embed[0].fingerprint,
-            *blake3::hash(b"bytes").as_bytes()
+            Some(*blake3::hash(b"bytes").as_bytes())
         );
     }
 }

@@ -60,16 +60,18 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
         Some(path) => Some(FailureLog::create(path)?),
         None => None,
     };
+    // Installed before the database is created, so that Ctrl-C during
+    // start-up stops the run at its first check instead of killing the
+    // process halfway through creating the schema.
+    let cancel = install_interrupt_handler()?;
     super::configure_threads(global);
-    // One one-thread session per worker thread; a dry run only checks the
-    // model and the database.
-    let workers = if args.dry_run {
-        1
-    } else {
-        global.thread_count()
-    };
-    let embedders = super::load_sessions(global, 1, workers)?;
-    let identity = embedders[0].identity().clone();
+    // This one-thread session checks the model and the database, then
+    // serves the first worker of the run.
+    let embedder = super::load_embedder(global, 1)?;
+    let identity = embedder.identity().clone();
+    if cancel.load(Ordering::SeqCst) {
+        return Ok(Status::Interrupted);
+    }
     let mut store = if !args.dry_run {
         let mut store = Store::open(&database, OpenMode::CreateIfMissing)?;
         store.bind_model(&identity)?;
@@ -82,9 +84,9 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
         Store::open_in_memory()?
     };
 
-    let cancel = install_interrupt_handler()?;
     let settings = IndexSettings {
         batch_size: args.batch_size,
+        workers: global.thread_count(),
         decode: DecodeOptions {
             max_pixels: args.max_pixels,
             reduce_to: None,
@@ -101,7 +103,7 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     };
     let report = index_roots(
         &mut store,
-        embedders,
+        embedder,
         &args.paths,
         &settings,
         &observer,

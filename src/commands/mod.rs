@@ -36,17 +36,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
 
 /// Loads the model that `global` names, with `threads` intra-op threads.
 fn load_embedder(global: &GlobalArgs, threads: usize) -> anyhow::Result<Embedder> {
-    let mut sessions = load_sessions(global, threads, 1)?;
-    Ok(sessions.remove(0))
-}
-
-/// Loads `count` sessions of the model chosen by the options, each with
-/// `threads` intra-op threads.
-fn load_sessions(
-    global: &GlobalArgs,
-    threads: usize,
-    count: usize,
-) -> anyhow::Result<Vec<Embedder>> {
     let model = global.model_path();
     let source = match (&model, global.precision) {
         (Some(path), Precision::Float32) => ModelSource::File(path.clone()),
@@ -71,14 +60,13 @@ fn load_sessions(
         global.input.preprocess.as_deref(),
         &global.input.settings(),
     )?;
-    let sessions = Embedder::load_sessions(&source, &tap, &input, threads, count)?;
-    let identity = sessions[0].identity();
+    let embedder = Embedder::load_with(&source, &tap, &input, threads)?;
     tracing::info!(
         "model {}, preprocessing: {}",
-        identity.name,
-        identity.preprocessing
+        embedder.identity().name,
+        embedder.identity().preprocessing
     );
-    Ok(sessions)
+    Ok(embedder)
 }
 
 /// Sizes the global rayon pool used for decoding; called once, before any

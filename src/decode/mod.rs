@@ -158,6 +158,13 @@ impl DecodeError {
 
 /// Decodes the image file at `path` into upright 8-bit RGB.
 pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<DecodedImage, DecodeError> {
+    let bytes = read_file(path, options)?;
+    decode_bytes(path, &bytes, options)
+}
+
+/// Reads the file at `path` whole, refusing files over
+/// [`file_size_limit`] before reading them.
+pub fn read_file(path: &Path, options: &DecodeOptions) -> Result<Vec<u8>, DecodeError> {
     let io_error = |source| DecodeError::Io {
         path: path.to_path_buf(),
         source,
@@ -174,7 +181,7 @@ pub fn decode_file(path: &Path, options: &DecodeOptions) -> Result<DecodedImage,
     }
     let mut bytes = Vec::with_capacity(size as usize);
     std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io_error)?;
-    decode_bytes(path, &bytes, options)
+    Ok(bytes)
 }
 
 /// Returns the largest file size, in bytes, that is read for decoding.

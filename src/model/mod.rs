@@ -7,6 +7,7 @@ pub mod runtime;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ndarray::ArrayView4;
 use ort::session::builder::GraphOptimizationLevel;
@@ -156,10 +157,42 @@ struct Tap {
 /// A loaded model that embeds batches of preprocessed images.
 pub struct Embedder {
     session: Session,
+    spec: EmbedderSpec,
+}
+
+/// A loaded model without its session: the model bytes as loaded, with the
+/// tapped tensor added as an output, and what was learnt from them. Index
+/// runs give each worker thread its own one-thread session, so that
+/// decoding on one core does not stall inference on another, and build the
+/// sessions of all workers but the first from this.
+#[derive(Clone)]
+pub struct EmbedderSpec {
+    runnable: Arc<Cow<'static, [u8]>>,
     identity: ModelIdentity,
     input_name: String,
     preprocessing: Preprocessing,
     tap: Tap,
+}
+
+impl EmbedderSpec {
+    /// Returns the preprocessing that makes this model's input tensors.
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.preprocessing
+    }
+
+    /// Loads another session of the model, with `threads` intra-op
+    /// threads.
+    pub fn load(&self, threads: usize) -> Result<Embedder, ModelError> {
+        let session =
+            build_session(&self.runnable, threads).map_err(|message| ModelError::Load {
+                name: self.identity.name.clone(),
+                message,
+            })?;
+        Ok(Embedder {
+            session,
+            spec: self.clone(),
+        })
+    }
 }
 
 impl Embedder {
@@ -188,22 +221,6 @@ impl Embedder {
         input: &InputSettings,
         threads: usize,
     ) -> Result<Embedder, ModelError> {
-        let mut sessions = Embedder::load_sessions(source, options, input, threads, 1)?;
-        Ok(sessions.remove(0))
-    }
-
-    /// Loads `count` (at least one) sessions of the model, as
-    /// [`Embedder::load_with`] loads one, each with `threads` intra-op
-    /// threads. The sessions are built in parallel. Index runs give each
-    /// worker thread its own one-thread session, so that decoding on one
-    /// core does not stall inference on another.
-    pub fn load_sessions(
-        source: &ModelSource,
-        options: &TapOptions,
-        input: &InputSettings,
-        threads: usize,
-        count: usize,
-    ) -> Result<Vec<Embedder>, ModelError> {
         let (name, bytes, sha256) = read_source(source)?;
         let unsupported = |message: String| ModelError::Unsupported {
             name: name.clone(),
@@ -234,25 +251,21 @@ impl Embedder {
         } else {
             Cow::Owned(graph::with_extra_output(&bytes, &chosen))
         };
-        let load_error = |message: String| ModelError::Load {
+        let session = build_session(&runnable, threads).map_err(|message| ModelError::Load {
             name: name.clone(),
             message,
-        };
-        std::thread::scope(|scope| {
-            let others: Vec<_> = (1..count.max(1))
-                .map(|_| scope.spawn(|| build_session(&runnable, threads)))
-                .collect();
-            let session = build_session(&runnable, threads).map_err(load_error)?;
-            let (input_name, input_dims) = check_input(&session, &name)?;
-            let preprocessing =
-                input
-                    .resolve(&input_dims)
-                    .map_err(|message| ModelError::Settings {
-                        name: name.clone(),
-                        message: format!("input tensor {input_name}: {message}"),
-                    })?;
-            let mut first = Embedder {
-                session,
+        })?;
+        let (input_name, input_dims) = check_input(&session, &name)?;
+        let preprocessing = input
+            .resolve(&input_dims)
+            .map_err(|message| ModelError::Settings {
+                name: name.clone(),
+                message: format!("input tensor {input_name}: {message}"),
+            })?;
+        let mut embedder = Embedder {
+            session,
+            spec: EmbedderSpec {
+                runnable: Arc::new(runnable),
                 identity: ModelIdentity {
                     name: name.clone(),
                     sha256,
@@ -265,70 +278,61 @@ impl Embedder {
                     output: chosen.clone(),
                     pool: None,
                 },
-            };
-            // The tensor's shape decides the pooling by its rank, and its
-            // second dimension (D, or C when pooled) is the embedding
-            // dimension. Built-in models declare it. For model files, one
-            // blank image shows it, which also proves that the model runs
-            // before a database is bound to it.
-            let declared = match source {
-                ModelSource::File(_) => None,
-                ModelSource::Default | ModelSource::DefaultInt8 => {
-                    graph::declared_shape(&graph, &chosen)
-                }
-            };
-            let shape = match declared {
-                Some(shape) => shape,
-                None => first.probe_shape()?,
-            };
-            let rank = shape.len();
-            let pool = match rank {
-                2 => None,
-                4 => Some(options.pool.unwrap_or(Pool::Mean)),
-                _ => {
-                    return Err(unsupported(format!(
-                        "tensor {chosen} has {rank} dimensions; expected [N, D] or [N, C, H, W]"
-                    )))
-                }
-            };
-            first.tap.pool = pool;
-            first.identity.dimension = shape[1];
-            // The identity names the tap point and pooling unless the
-            // model's first output is used as it is, as with the built-in
-            // model.
-            if options.layer.is_some()
-                || pool.is_some()
-                || output_names.first() != Some(&chosen.as_str())
-            {
-                let pooling = pool.map(|p| format!(":{p}")).unwrap_or_default();
-                first.identity.name = format!("{name}#{chosen}{pooling}");
+            },
+        };
+        // The tensor's shape decides the pooling by its rank, and its second
+        // dimension (D, or C when pooled) is the embedding dimension.
+        // Built-in models declare it. For model files, one blank image shows
+        // it, which also proves that the model runs before a database is
+        // bound to it.
+        let declared = match source {
+            ModelSource::File(_) => None,
+            ModelSource::Default | ModelSource::DefaultInt8 => {
+                graph::declared_shape(&graph, &chosen)
             }
-            let mut sessions = Vec::with_capacity(others.len() + 1);
-            for handle in others {
-                let session = handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                    .map_err(load_error)?;
-                sessions.push(Embedder {
-                    session,
-                    identity: first.identity.clone(),
-                    input_name: first.input_name.clone(),
-                    preprocessing: first.preprocessing.clone(),
-                    tap: first.tap.clone(),
-                });
+        };
+        let shape = match declared {
+            Some(shape) => shape,
+            None => embedder.probe_shape()?,
+        };
+        let rank = shape.len();
+        let pool = match rank {
+            2 => None,
+            4 => Some(options.pool.unwrap_or(Pool::Mean)),
+            _ => {
+                return Err(unsupported(format!(
+                    "tensor {chosen} has {rank} dimensions; expected [N, D] or [N, C, H, W]"
+                )))
             }
-            sessions.insert(0, first);
-            Ok(sessions)
-        })
+        };
+        let spec = &mut embedder.spec;
+        spec.tap.pool = pool;
+        spec.identity.dimension = shape[1];
+        // The identity names the tap point and pooling unless the model's
+        // first output is used as it is, as with the built-in model.
+        if options.layer.is_some()
+            || pool.is_some()
+            || output_names.first() != Some(&chosen.as_str())
+        {
+            let pooling = pool.map(|p| format!(":{p}")).unwrap_or_default();
+            spec.identity.name = format!("{name}#{chosen}{pooling}");
+        }
+        Ok(embedder)
+    }
+
+    /// Returns what [`EmbedderSpec::load`] needs to load more sessions of
+    /// this model on other threads.
+    pub fn spec(&self) -> EmbedderSpec {
+        self.spec.clone()
     }
 
     pub fn identity(&self) -> &ModelIdentity {
-        &self.identity
+        &self.spec.identity
     }
 
     /// Returns the preprocessing that makes this model's input tensors.
     pub fn preprocessing(&self) -> &Preprocessing {
-        &self.preprocessing
+        &self.spec.preprocessing
     }
 
     /// Runs `count` images, laid out back to back as
@@ -350,12 +354,12 @@ impl Embedder {
             return Ok(Vec::new());
         }
         let (shape, values) = self.run(tensors, count)?;
-        let rows = match self.tap.pool {
+        let rows = match self.spec.tap.pool {
             None => {
                 if shape.len() != 2 || shape[0] != count {
                     return Err(self.inference_error(format!(
                         "tensor {} has shape {shape:?}, expected [{count}, D]",
-                        self.tap.output
+                        self.spec.tap.output
                     )));
                 }
                 values.chunks_exact(shape[1]).map(<[f32]>::to_vec).collect()
@@ -364,13 +368,13 @@ impl Embedder {
                 if shape.len() != 4 || shape[0] != count {
                     return Err(self.inference_error(format!(
                         "tensor {} has shape {shape:?}, expected [{count}, C, H, W]",
-                        self.tap.output
+                        self.spec.tap.output
                     )));
                 }
                 pool_rows(&values, shape[1], shape[2] * shape[3], pool)
             }
         };
-        let expected = self.identity.dimension;
+        let expected = self.spec.identity.dimension;
         if let Some(row) = rows
             .iter()
             .find(|row| expected != 0 && row.len() != expected)
@@ -387,21 +391,21 @@ impl Embedder {
     fn run(&mut self, tensors: &[f32], count: usize) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
         assert_eq!(
             tensors.len(),
-            count * self.preprocessing.tensor_len(),
+            count * self.spec.preprocessing.tensor_len(),
             "tensor buffer does not hold {count} images"
         );
-        let name = self.identity.name.clone();
-        let output = self.tap.output.clone();
+        let name = self.spec.identity.name.clone();
+        let output = self.spec.tap.output.clone();
         let inference_error = |message: String| ModelError::Inference {
             name: name.clone(),
             message,
         };
-        let view = ArrayView4::from_shape(self.preprocessing.input_shape(count), tensors)
+        let view = ArrayView4::from_shape(self.spec.preprocessing.input_shape(count), tensors)
             .map_err(|e| inference_error(e.to_string()))?;
         let input = TensorRef::from_array_view(view).map_err(|e| inference_error(e.to_string()))?;
         let outputs = self
             .session
-            .run(ort::inputs![self.input_name.as_str() => input])
+            .run(ort::inputs![self.spec.input_name.as_str() => input])
             .map_err(|e| inference_error(e.to_string()))?;
         let value = outputs
             .get(output.as_str())
@@ -415,13 +419,13 @@ impl Embedder {
 
     /// Runs one blank image and returns the tapped tensor's shape.
     fn probe_shape(&mut self) -> Result<Vec<usize>, ModelError> {
-        let blank = vec![0.0; self.preprocessing.tensor_len()];
+        let blank = vec![0.0; self.spec.preprocessing.tensor_len()];
         Ok(self.run(&blank, 1)?.0)
     }
 
     fn inference_error(&self, message: String) -> ModelError {
         ModelError::Inference {
-            name: self.identity.name.clone(),
+            name: self.spec.identity.name.clone(),
             message,
         }
     }
@@ -591,34 +595,24 @@ mod tests {
 
         assert_eq!(built_in.identity().dimension, 1280);
         assert_eq!(built_in.identity(), probed.identity());
-        assert_eq!(built_in.tap, probed.tap);
+        assert_eq!(built_in.spec.tap, probed.spec.tap);
     }
 
     #[test]
-    fn parallel_sessions_embed_alike() {
-        let mut sessions = Embedder::load_sessions(
-            &ModelSource::Default,
-            &TapOptions::default(),
-            &InputSettings::default(),
-            1,
-            3,
-        )
-        .unwrap();
-        let tensor_len = sessions[0].preprocessing().tensor_len();
+    fn sessions_from_spec_embed_alike() {
+        let mut first = Embedder::load(&ModelSource::Default, 1).unwrap();
+        let spec = first.spec();
+        let mut second = spec.load(1).unwrap();
+        let tensor_len = first.preprocessing().tensor_len();
         let tensor: Vec<f32> = (0..tensor_len)
             .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
             .collect();
 
-        let vectors: Vec<Vec<f32>> = sessions
-            .iter_mut()
-            .map(|session| session.embed(&tensor, 1).unwrap().remove(0))
-            .collect();
+        let expected = first.embed(&tensor, 1).unwrap();
+        let vectors = second.embed(&tensor, 1).unwrap();
 
-        assert_eq!(vectors.len(), 3);
-        for session in &sessions[1..] {
-            assert_eq!(session.identity(), sessions[0].identity());
-        }
-        assert_eq!(vectors[1], vectors[0]);
-        assert_eq!(vectors[2], vectors[0]);
+        assert_eq!(second.identity(), first.identity());
+        assert_eq!(second.spec.tap, first.spec.tap);
+        assert_eq!(vectors, expected);
     }
 }

@@ -85,7 +85,8 @@ fn library_candidates() -> Vec<PathBuf> {
 /// Environment variable that turns off ONNX Runtime's telemetry.
 pub const TELEMETRY_VARIABLE: &str = "ORT_DISABLE_TELEMETRY";
 
-/// Sets [`TELEMETRY_VARIABLE`] to 1 unless the user has set it.
+/// Sets [`TELEMETRY_VARIABLE`] to 1 unless the user has set it to a
+/// non-empty value.
 ///
 /// Microsoft's builds of ONNX Runtime 1.31 for Linux collect telemetry
 /// (the executable's path, the processor, the operating system) in
@@ -97,7 +98,7 @@ pub const TELEMETRY_VARIABLE: &str = "ORT_DISABLE_TELEMETRY";
 /// again, before the library is loaded, for programs that use the library
 /// crate.
 pub fn turn_off_telemetry() {
-    if std::env::var_os(TELEMETRY_VARIABLE).is_none() {
+    if std::env::var_os(TELEMETRY_VARIABLE).is_none_or(|value| value.is_empty()) {
         std::env::set_var(TELEMETRY_VARIABLE, "1");
     }
 }
