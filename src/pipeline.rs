@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::decode::{decode_bytes, read_file, DecodeOptions};
+use crate::decode::{decode_bytes, read_file, DecodeError, DecodeOptions};
 use crate::model::{Embedder, EmbedderSpec, ModelError};
 use crate::plan::{plan_run, Plan, ToEmbed};
 use crate::preprocess::Preprocessing;
@@ -408,8 +408,19 @@ fn prepare_one(
         stage: Stage::Decode,
         reason: one_line(&reason),
     };
-    let bytes =
-        read_file(&candidate.path, options).map_err(|error| decode_failure(error.reason()))?;
+    let bytes = read_file(&candidate.path, options).map_err(|error| {
+        // The same stage and wording as when the plan cannot read a file,
+        // which it only opens when it does not hash it.
+        let reason = match &error {
+            DecodeError::Io { source, .. } => crate::plan::read_reason(source),
+            _ => error.reason(),
+        };
+        Failure {
+            path: candidate.path.clone(),
+            stage: Stage::Read,
+            reason,
+        }
+    })?;
     let fingerprint = match item.fingerprint {
         Some(fingerprint) => fingerprint,
         None => *blake3::hash(&bytes).as_bytes(),

@@ -318,7 +318,8 @@ fn is_missing(path: &Path) -> bool {
     matches!(std::fs::symlink_metadata(path), Err(error) if error.kind() == ErrorKind::NotFound)
 }
 
-fn read_reason(error: &std::io::Error) -> String {
+/// Returns the failure reason for a file that could not be read.
+pub fn read_reason(error: &std::io::Error) -> String {
     match error.kind() {
         ErrorKind::NotFound => "cannot read: file disappeared during the scan".to_string(),
         ErrorKind::PermissionDenied => "cannot read: permission denied".to_string(),

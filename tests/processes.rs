@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{index, photo_thumbnail_pairs, Run};
@@ -223,4 +223,45 @@ fn second_index_run_is_busy_and_query_still_works() {
     assert_eq!(summary["decoded"], 0);
     assert_eq!(summary["unchanged"], total);
     assert_eq!(integrity(&database), "ok");
+}
+
+/// Sends SIGINT `signals` times, 3 ms apart, `delay` after start.
+fn interrupt_at(database: &Path, folder: &Path, delay: Duration, signals: usize) -> Output {
+    let child = spawn_index(database, folder, &[]);
+    std::thread::sleep(delay);
+    for _ in 0..signals {
+        send_signal(&child, "-INT");
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn ctrl_c_during_start_up_stops_cleanly() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let album = dir.path().join("album");
+    make_album(&album, 1);
+    for delay_ms in [5, 10, 20, 30, 50, 80] {
+        for signals in [1, 2] {
+            let database = dir.path().join(format!("{delay_ms}-{signals}.db"));
+            let output = interrupt_at(&database, &album, Duration::from_millis(delay_ms), signals);
+            let case = format!("{signals} Ctrl-C at {delay_ms} ms");
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            // Before the handler is installed, SIGINT ends the process by
+            // its default action, which is also a clean stop.
+            let stopped = output.status.code() == Some(130)
+                || output.status.signal() == Some(libc::SIGINT);
+            assert!(stopped, "{case}: {:?}\n{stderr}", output.status);
+            assert!(!stderr.contains("error"), "{case}: {stderr}");
+            if signals == 1 && output.status.code() == Some(130) {
+                let run = Run::from(output);
+                assert_eq!(run.json()["interrupted"], true, "{case}");
+            }
+            if database.exists() {
+                assert_eq!(integrity(&database), "ok", "{case}");
+            }
+        }
+    }
 }

@@ -70,7 +70,17 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     let embedder = super::load_embedder(global, 1)?;
     let identity = embedder.identity().clone();
     if cancel.load(Ordering::SeqCst) {
-        return Ok(Status::Interrupted);
+        // Interrupted while the model loaded: stop before the database is
+        // created or changed.
+        let report = IndexReport {
+            interrupted: true,
+            ..IndexReport::default()
+        };
+        if let Some(log) = &failure_log {
+            log.finish()?;
+        }
+        print_summary(&report, stored_image_count(&database), args)?;
+        return Ok(exit_status(&report));
     }
     let mut store = if !args.dry_run {
         let mut store = Store::open(&database, OpenMode::CreateIfMissing)?;
@@ -131,12 +141,24 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     Ok(exit_status(&report))
 }
 
+/// Returns the number of images in the database at `path`, 0 when it does
+/// not exist or cannot be read.
+fn stored_image_count(path: &Path) -> u64 {
+    if !path.exists() {
+        return 0;
+    }
+    Store::open(path, OpenMode::ReadOnly)
+        .and_then(|store| store.image_count())
+        .unwrap_or(0)
+}
+
 fn exit_status(report: &IndexReport) -> Status {
-    if report.readable_roots == 0 {
+    // An interrupted scan may stop before it has examined any root.
+    if report.interrupted {
+        Status::Interrupted
+    } else if report.readable_roots == 0 {
         eprintln!("error: none of the given paths exists or can be read; nothing was indexed");
         Status::Error
-    } else if report.interrupted {
-        Status::Interrupted
     } else if !report.failures.is_empty() {
         Status::SomeFilesFailed
     } else {
@@ -152,9 +174,14 @@ fn install_interrupt_handler() -> anyhow::Result<Arc<AtomicBool>> {
     let flag = Arc::clone(&cancel);
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(Status::Interrupted.code()));
+            // _exit, not exit: exit runs C++ static destructors, and ONNX
+            // Runtime's, torn down under a thread still loading a model,
+            // crashed the process or printed false load errors. SQLite
+            // recovers from a stop at any point, as from a crash.
+            // SAFETY: _exit only ends the process; it touches no memory.
+            unsafe { libc::_exit(i32::from(Status::Interrupted.code())) };
         }
-        eprintln!("interrupted: stopping after the current batch (Ctrl-C again to stop now)");
+        eprintln!("interrupted: stopping at the next safe point (Ctrl-C again to stop now)");
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(cancel)
@@ -444,4 +471,25 @@ fn count(number: usize, singular: &str, plural: &str) -> String {
 
 fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_interrupted_before_any_root_exits_as_interrupted() {
+        let report = IndexReport {
+            interrupted: true,
+            readable_roots: 0,
+            ..IndexReport::default()
+        };
+        assert_eq!(exit_status(&report), Status::Interrupted);
+    }
+
+    #[test]
+    fn no_readable_root_is_an_error() {
+        let report = IndexReport::default();
+        assert_eq!(exit_status(&report), Status::Error);
+    }
 }
