@@ -6,7 +6,8 @@ use imgsim::cli::Cli;
 use imgsim::exit::Status;
 
 fn main() -> ExitCode {
-    // Before any thread starts: this changes the process environment.
+    // Called before any thread starts, because it changes the process
+    // environment.
     imgsim::model::runtime::turn_off_telemetry();
     let cli = Cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
