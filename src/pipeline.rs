@@ -224,9 +224,9 @@ fn record_failure(
 }
 
 /// Runs `settings.workers` worker threads, at most one per batch, each
-/// with its own one-thread session of the model: worker `w` decodes and embeds batches `w`,
-/// `w + workers`, and so on, while this thread commits the finished batches
-/// in file order. Separate sessions keep a worker from waiting on another
+/// with its own one-thread session of the model. Worker `w` decodes and
+/// embeds batches `w`, `w + workers`, and so on, while this thread commits
+/// the finished batches in file order. Separate sessions keep a worker from waiting on another
 /// core in the middle of an operator, as ONNX Runtime's intra-op threads
 /// do when decoding takes a core from them.
 fn embed_all(
