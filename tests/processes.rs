@@ -251,8 +251,8 @@ fn ctrl_c_during_start_up_stops_cleanly() {
             let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
             // Before the handler is installed, SIGINT ends the process by
             // its default action, which is also a clean stop.
-            let stopped = output.status.code() == Some(130)
-                || output.status.signal() == Some(libc::SIGINT);
+            let stopped =
+                output.status.code() == Some(130) || output.status.signal() == Some(libc::SIGINT);
             assert!(stopped, "{case}: {:?}\n{stderr}", output.status);
             assert!(!stderr.contains("error"), "{case}: {stderr}");
             if signals == 1 && output.status.code() == Some(130) {
