@@ -266,12 +266,10 @@ fn embed_all(
                 observer,
                 cancel,
                 decoded: &decoded,
+                spec: &spec,
             };
-            let session = match first.take() {
-                Some(embedder) => WorkerSession::Loaded(embedder),
-                None => WorkerSession::FromSpec(&spec),
-            };
-            scope.spawn(move || run_worker(&context, session, worker, workers, &sender));
+            let loaded = first.take();
+            scope.spawn(move || run_worker(&context, loaded, worker, workers, &sender));
         }
         let mut committed = 0;
         for index in 0..batches.len() {
@@ -306,28 +304,25 @@ struct WorkerContext<'a> {
     observer: &'a dyn IndexObserver,
     cancel: &'a AtomicBool,
     decoded: &'a AtomicUsize,
+    /// The model, for workers that load their own session.
+    spec: &'a EmbedderSpec,
 }
 
 /// Decodes and embeds every `workers`-th batch, starting at `worker`, and
 /// sends each result on `sender`. Stops at Ctrl-C, when the receiver is
-/// gone, or after sending a model error.
-/// The model session of a worker: the one loaded for the run, or one the
-/// worker loads itself, in parallel with the others.
-enum WorkerSession<'a> {
-    Loaded(Embedder),
-    FromSpec(&'a EmbedderSpec),
-}
-
+/// gone, or after sending a model error. The first worker gets the session
+/// loaded for the run in `loaded`, and the others load their own from
+/// `context.spec`, in parallel.
 fn run_worker(
     context: &WorkerContext,
-    session: WorkerSession,
+    loaded: Option<Embedder>,
     worker: usize,
     workers: usize,
     sender: &SyncSender<Result<Embedded, ModelError>>,
 ) {
-    let loaded = match session {
-        WorkerSession::Loaded(embedder) => Ok(embedder),
-        WorkerSession::FromSpec(spec) => spec.load(1),
+    let loaded = match loaded {
+        Some(embedder) => Ok(embedder),
+        None => context.spec.load(1),
     };
     let mut embedder = match loaded {
         Ok(embedder) => embedder,
@@ -340,8 +335,8 @@ fn run_worker(
         }
     };
     // Files are preprocessed straight into this buffer, one input tensor
-    // after the other, and it is reused by every batch: a fresh buffer per
-    // file or batch cost measurable time in zeroing, copying and page faults.
+    // after the other, and every batch reuses it. A fresh buffer per file
+    // or batch cost measurable time in zeroing, copying and page faults.
     let tensor_len = context.preprocessing.tensor_len();
     let mut tensors: Vec<f32> = Vec::new();
     for batch in context.batches.iter().skip(worker).step_by(workers) {
@@ -409,8 +404,8 @@ fn prepare_one(
         reason: one_line(&reason),
     };
     let bytes = read_file(&candidate.path, options).map_err(|error| {
-        // The same stage and wording as when the plan cannot read a file,
-        // which it only opens when it does not hash it.
+        // Reported as the plan reports a file it cannot open, because the
+        // plan opens but does not read files it leaves unhashed.
         let reason = match &error {
             DecodeError::Io { source, .. } => crate::plan::read_reason(source),
             _ => error.reason(),

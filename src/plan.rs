@@ -321,7 +321,7 @@ fn is_missing(path: &Path) -> bool {
 /// Returns the failure reason for a file that could not be read.
 pub fn read_reason(error: &std::io::Error) -> String {
     match error.kind() {
-        ErrorKind::NotFound => "cannot read: file disappeared during the scan".to_string(),
+        ErrorKind::NotFound => "cannot read: file disappeared after the scan".to_string(),
         ErrorKind::PermissionDenied => "cannot read: permission denied".to_string(),
         ErrorKind::InvalidInput => "cannot read: no longer a regular file".to_string(),
         ErrorKind::FileTooLarge => error.to_string(),

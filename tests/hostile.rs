@@ -626,7 +626,7 @@ fn file_vanishing_after_scan_is_reported() {
     assert_eq!(plan.read_failures[0].path, file);
     assert_eq!(
         plan.read_failures[0].reason,
-        "cannot read: file disappeared during the scan"
+        "cannot read: file disappeared after the scan"
     );
 }
 

