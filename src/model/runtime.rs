@@ -94,8 +94,8 @@ pub const TELEMETRY_VARIABLE: &str = "ORT_DISABLE_TELEMETRY";
 /// Disabling it through the API still records one event when the
 /// environment is created, and this variable records none. Changing the
 /// process environment races with C code that reads it on other threads,
-/// so the binary calls this first thing in `main`; [`environment`] calls it
-/// again, before the library is loaded, for programs that use the library
+/// so the binary calls this first thing in `main`. [`environment`] calls it
+/// again before loading the library, for programs that use the library
 /// crate.
 pub fn turn_off_telemetry() {
     if std::env::var_os(TELEMETRY_VARIABLE).is_none_or(|value| value.is_empty()) {
